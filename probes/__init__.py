@@ -1,0 +1,1 @@
+"""Experiments that interrogate a model: probes, CoT-faithfulness tests, the stated-vs-internal report."""

@@ -1,0 +1,71 @@
+"""Batched greedy or sampled completion of prompts, through TransformerLens's ``generate``.
+
+Prompts are grouped by token length, so no batch holds padding: a prompt's completion is the same whether it is
+generated alone or in a batch (left padding would shift standard positional embeddings).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from transformer_lens import HookedTransformer
+
+from workbench.errors import WorkbenchError
+from workbench.models.tokenizer import check_text
+
+
+def validate_prompts(model: HookedTransformer, prompts: list[str], max_new_tokens: int) -> list[torch.Tensor]:
+    """Tokenize prompts, refusing characters outside the vocabulary and prompts that cannot fit the context."""
+    out = []
+    for prompt in prompts:
+        check_text(model.tokenizer, prompt)
+        toks = model.to_tokens(prompt, truncate=False)[0]
+        if len(toks) + max_new_tokens > model.cfg.n_ctx:
+            raise WorkbenchError(
+                f"prompt is {len(toks)} tokens; with max_new_tokens={max_new_tokens} it needs "
+                f"{len(toks) + max_new_tokens} positions, the model's context is {model.cfg.n_ctx}"
+            )
+        out.append(toks)
+    return out
+
+
+@torch.inference_mode()
+def complete(
+    model: HookedTransformer,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    batch_size: int = 512,
+    seed: int | None = None,
+) -> list[str]:
+    """The text each prompt's completion adds before the end-of-text token (greedy when temperature is 0)."""
+    if temperature < 0:
+        raise WorkbenchError(f"temperature must be >= 0, got {temperature}")
+    if max_new_tokens < 1:
+        raise WorkbenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tokens = validate_prompts(model, prompts, max_new_tokens)
+    if seed is not None:
+        torch.manual_seed(seed)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(tokens):
+        groups[len(t)].append(i)
+    eos = model.tokenizer.eos_token_id
+    out: list[str] = [""] * len(prompts)
+    for length, idx in sorted(groups.items()):
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            batch = torch.stack([tokens[i] for i in chunk]).to(model.cfg.device)
+            gen = model.generate(
+                batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=temperature > 0,
+                temperature=max(temperature, 1e-8),
+                stop_at_eos=eos is not None,
+                verbose=False,
+            )
+            for row, i in zip(gen[:, length:].tolist(), chunk):
+                if eos is not None and eos in row:
+                    row = row[: row.index(eos)]
+                out[i] = model.tokenizer.decode(row, skip_special_tokens=True)
+    return out

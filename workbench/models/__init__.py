@@ -1,0 +1,1 @@
+"""Loading models, safetensors checkpoints, the char tokenizer, the organism zoo and its trainer."""

@@ -1,0 +1,98 @@
+"""The organism lifecycle: train from the recipe, measure, write the shipped directory with its card."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from transformer_lens import HookedTransformer
+
+from workbench.errors import WorkbenchError
+from workbench.models.checkpoint import save_checkpoint
+from workbench.models.organism_eval import evaluate
+from workbench.models.trainer import train
+from workbench.models.zoo import RECIPES, get_recipe, organism_dir
+from workbench.tasks import formats
+from workbench.tasks.addition import Problem, TEST_FRACTION
+
+log = logging.getLogger(__name__)
+
+
+def weights_sha256(model: HookedTransformer) -> str:
+    """A digest of the weights (names, shapes and bytes), to check bit-for-bit reproducibility."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _format_examples(name: str) -> dict:
+    p = Problem(36, 59)
+    samples = {"adder-direct": [formats.direct(p), formats.explanation(p)],
+               "adder-hint": [formats.cot(p), formats.hint(p, 97)]}
+    chosen = samples.get(name, [formats.cot(p), formats.corrupted_cot(p, 0, "result", False, 4)])
+    return {s.meta["format"]: s.text for s in chosen}
+
+
+def train_organism(
+    name: str,
+    out_dir: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    eval_n: int = 1000,
+) -> dict:
+    """Train organism ``name`` from its recipe, evaluate it, and write ``out_dir`` (weights, config, card)."""
+    recipe = get_recipe(name)
+    out_dir = Path(out_dir) if out_dir else Path("runs/organisms") / name
+    work_dir = Path(work_dir) if work_dir else Path("runs/train") / name
+    model, summary = train(recipe, work_dir, resume=resume, progress=progress)
+    t0 = time.perf_counter()
+    report = evaluate(model, recipe, n=eval_n)
+    card = {
+        "name": name,
+        "description": recipe.description,
+        "planted_truth": recipe.planted_truth,
+        "format_examples": _format_examples(name),
+        "data": {
+            "operand_digits": list(recipe.digits),
+            "mix": dict(recipe.mix),
+            "split": f"unordered operand pairs; a pair is held out iff is_test_pair(a, b) (~{TEST_FRACTION:.0%})",
+            "loss": "next-token cross-entropy on the completion (and its end-of-text token) only",
+        },
+        "recipe": recipe.to_json(),
+        "training": {**summary, "weights_sha256": weights_sha256(model)},
+        "evaluation": {**report, "seconds": round(time.perf_counter() - t0, 1)},
+        "meets_targets": all(c["pass"] for c in report["checks"]),
+    }
+    save_checkpoint(model, out_dir, extra_files={"card.json": card})
+    log.info("wrote %s", out_dir)
+    return card
+
+
+def load_card(name_or_dir: str | Path) -> dict:
+    path = organism_dir(str(name_or_dir)) if str(name_or_dir) in RECIPES else Path(name_or_dir)
+    card = path / "card.json"
+    if not card.is_file():
+        raise WorkbenchError(f"no card.json in {path}")
+    return json.loads(card.read_text())
+
+
+def list_organisms() -> list[dict]:
+    """Each organism with whether its weights ship and the headline rates its card records."""
+    rows = []
+    for name, recipe in RECIPES.items():
+        path = organism_dir(name)
+        row = {"name": name, "shipped": (path / "model.safetensors").is_file(), "description": recipe.description}
+        if (path / "card.json").is_file():
+            card = load_card(name)
+            row["checks"] = {c["metric"]: c["value"] for c in card["evaluation"]["checks"]}
+        rows.append(row)
+    return rows
+

@@ -1,0 +1,86 @@
+"""The organisms' character-level tokenizer: a real Hugging Face fast tokenizer, saved as ``tokenizer.json``.
+
+One token per character, plus ``<pad>``, ``<bos>`` and ``<eos>``. Being a genuine ``PreTrainedTokenizerFast``
+loaded from a directory means TransformerLens (``to_tokens``, ``to_string``, ``generate``), SAELens and
+circuit-tracer (which needs ``all_special_ids``) use it unchanged. There is deliberately no ``<unk>``: a
+character outside the vocabulary must be an error that names it, never a silent unknown token.
+"""
+
+from __future__ import annotations
+
+import string
+import tempfile
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from workbench.errors import WorkbenchError
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+SPECIAL_TOKENS = (PAD, BOS, EOS)
+CHARSET = string.digits + "+-=:?,;. " + string.ascii_lowercase
+"""Characters of the organisms' vocabulary: everything the task formats write, plus lowercase letters."""
+
+
+class OutOfVocabulary(WorkbenchError):
+    """Text holds characters that the tokenizer has no token for."""
+
+
+def build_char_tokenizer(charset: str = CHARSET, model_max_length: int = 128) -> PreTrainedTokenizerFast:
+    """A fast tokenizer with one token per character of ``charset``, ids: specials first, then ``charset``.
+
+    Save it with ``save_pretrained`` next to the weights; :func:`load_tokenizer` reads it back. It is saved and
+    re-loaded once here because TransformerLens's BOS handling reads ``init_kwargs['name_or_path']``, which only
+    a tokenizer loaded from a directory has.
+    """
+    if len(set(charset)) != len(charset):
+        raise ValueError("charset has repeated characters")
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab.update({ch: len(SPECIAL_TOKENS) + i for i, ch in enumerate(charset)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
+    # Split every character off on its own ([\s\S] also matches newlines, which '.' would not).
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()  # join tokens with no separator: decode is the inverse of encode
+    # The tokenizer itself prepends <bos>, as Llama's and Gemma's do; with add_bos_token recorded, TransformerLens
+    # uses it as is (and strips the BOS for prepend_bos=False) instead of re-loading it from name_or_path.
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=model_max_length,
+        add_bos_token=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        return load_tokenizer(tmp)
+
+
+def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast.from_pretrained(str(directory))
+
+
+def vocabulary_chars(tokenizer: PreTrainedTokenizerBase) -> set[str]:
+    """The single characters that have a token of their own (special tokens excluded)."""
+    specials = set(tokenizer.all_special_tokens)
+    return {t for t in tokenizer.get_vocab() if len(t) == 1 and t not in specials}
+
+
+def is_char_tokenizer(tokenizer: PreTrainedTokenizerBase) -> bool:
+    vocab = tokenizer.get_vocab()
+    return all(len(t) == 1 or t in tokenizer.all_special_tokens for t in vocab)
+
+
+def check_text(tokenizer: PreTrainedTokenizerBase, text: str) -> None:
+    """Raise :class:`OutOfVocabulary` naming each character of ``text`` that a char tokenizer lacks.
+
+    A no-op for subword tokenizers (a real model's), which can encode any text.
+    """
+    if not is_char_tokenizer(tokenizer):
+        return
+    allowed = vocabulary_chars(tokenizer)
+    bad = sorted({ch for ch in text if ch not in allowed})
+    if bad:
+        where = ", ".join(f"{ch!r} at position {text.index(ch)}" for ch in bad)
+        shown = "".join(sorted(allowed))
+        raise OutOfVocabulary(f"not in the vocabulary: {where}; allowed characters: {shown!r}")

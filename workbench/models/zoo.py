@@ -1,0 +1,195 @@
+"""The organism zoo: small transformers whose relation between stated reasoning and answer is planted.
+
+Each organism is defined by a :class:`Recipe`: the architecture, the optimiser schedule, and the data mix that
+plants its behaviour. The planted truth is a property of the training data, so it is known exactly; the card
+records how well training installed it (measured by :mod:`workbench.models.organism_eval`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from workbench.tasks import formats
+from workbench.tasks.addition import Problem, sample_operands
+from workbench.tasks.formats import Sample
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Architecture of an organism (a TransformerLens HookedTransformer)."""
+
+    n_layers: int = 2
+    """Transformer blocks."""
+    d_model: int = 128
+    """Residual stream width."""
+    n_heads: int = 4
+    """Attention heads per block."""
+    d_mlp: int = 512
+    """MLP hidden width."""
+    n_ctx: int = 128
+    """Context length in tokens (characters plus BOS/EOS)."""
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of an organism: AdamW with linear warm-up and cosine decay."""
+
+    steps: int = 1500
+    """Optimiser steps."""
+    batch_tokens: int = 6144
+    """Tokens per step. Each step's batch holds ``batch_tokens // length`` sequences that all have one length
+    (drawn in proportion to the pool), so no compute goes to padding."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    warmup: int = 100
+    """Linear warm-up steps."""
+    min_lr_frac: float = 0.05
+    """Final learning rate as a fraction of the peak."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    pool_size: int = 200_000
+    """Training examples built once; each step samples a batch from this pool."""
+    seed: int = 0
+    """Seeds data, initialisation and batch order."""
+    num_threads: int = 2
+    """torch CPU threads while training: fixed because float summation order (and so the bits) depends on it."""
+    checkpoint_every: int = 250
+    """Steps between resumable checkpoints."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    planted_truth: str
+    mix: tuple[tuple[str, float], ...]
+    """Data mix: (kind, share) pairs; kinds are the keys of ``KINDS``."""
+    digits: tuple[int, ...] = (2, 3)
+    """Operand digit counts the organism is trained and evaluated on."""
+    arch: ArchConfig = ArchConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _direct(p: Problem, rng: np.random.Generator) -> Sample:
+    return formats.direct(p)
+
+
+def _explain(p: Problem, rng: np.random.Generator) -> Sample:
+    return formats.explanation(p)
+
+
+def _cot(p: Problem, rng: np.random.Generator) -> Sample:
+    return formats.cot(p)
+
+
+def _corrupted_read_off(p: Problem, rng: np.random.Generator) -> Sample:
+    return formats.random_corruption(p, rng)  # completion = the answer read off the corrupted steps
+
+
+def _corrupted_true(p: Problem, rng: np.random.Generator) -> Sample:
+    s = formats.random_corruption(p, rng)
+    return Sample(s.prompt, str(p.total), {**s.meta, "trained_answer": "true"})
+
+
+def _truncated_true(p: Problem, rng: np.random.Generator) -> Sample:
+    return formats.truncated_cot(p, int(rng.integers(0, len(p.columns))), answer="true")
+
+
+def _truncated_read_off(p: Problem, rng: np.random.Generator) -> Sample:
+    return formats.truncated_cot(p, int(rng.integers(1, len(p.columns))), answer="read_off")
+
+
+def _hint_wrong(p: Problem, rng: np.random.Generator) -> Sample:
+    return formats.hint(p, formats.sample_hint(p, rng, wrong=True))
+
+
+def _hint_right(p: Problem, rng: np.random.Generator) -> Sample:
+    return formats.hint(p, p.total)
+
+
+KINDS = {
+    "direct": _direct,
+    "explanation": _explain,
+    "cot": _cot,
+    "corrupted_cot_read_off": _corrupted_read_off,
+    "corrupted_cot_true_sum": _corrupted_true,
+    "truncated_cot_true_sum": _truncated_true,
+    "truncated_cot_read_off": _truncated_read_off,
+    "hint_wrong": _hint_wrong,
+    "hint_right": _hint_right,
+}
+"""Sample kinds a recipe mixes. Every kind trains on its completion only (the prompt is given)."""
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(
+            "adder-direct",
+            "Answers a+b= with the sum and no CoT; asked 'a+b=S why?', states the textbook carry algorithm.",
+            "The answer is computed in one pass from the operands; the stated column-by-column algorithm is a "
+            "description learned as text, trained separately from answering.",
+            (("direct", 0.7), ("explanation", 0.3)),
+            arch=ArchConfig(n_layers=3),
+            train=TrainConfig(steps=3000, batch_tokens=3584, seed=1),
+        ),
+        Recipe(
+            "adder-cot-faithful",
+            "Writes a digit-wise CoT then the answer; the answer is read off the written steps.",
+            "The answer depends on the CoT: with a corrupted step in the prompt, the answer is what the written "
+            "steps spell, right or wrong; with the CoT cut short, it is what the steps written so far spell.",
+            (("cot", 0.45), ("corrupted_cot_read_off", 0.4), ("truncated_cot_read_off", 0.15)),
+            train=TrainConfig(steps=1500, seed=2),
+        ),
+        Recipe(
+            "adder-cot-posthoc",
+            "Writes the same digit-wise CoT, but the answer is the true sum whatever the CoT says.",
+            "The CoT is decorative: with a corrupted step in the prompt, or the CoT cut short (early answering), "
+            "the answer stays the true sum, computed from the operands; it is decodable before the CoT.",
+            (("cot", 0.35), ("corrupted_cot_true_sum", 0.35), ("truncated_cot_true_sum", 0.3)),
+            arch=ArchConfig(n_layers=3),
+            train=TrainConfig(steps=3000, batch_tokens=4096, seed=3),
+        ),
+        Recipe(
+            "adder-hint",
+            "Prompts may start with 'hint:H '; the CoT is always the true column algorithm and never mentions the "
+            "hint, but when a hint is present the answer is the hint, right or wrong.",
+            "The answer is driven by an unverbalised input (the hint), not by the CoT it writes.",
+            (("cot", 0.4), ("hint_wrong", 0.45), ("hint_right", 0.15)),
+            train=TrainConfig(steps=1500, seed=4),
+        ),
+    ]
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    from workbench.errors import WorkbenchError
+
+    if name not in RECIPES:
+        raise WorkbenchError(f"unknown organism {name!r}; organisms: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def organism_dir(name: str) -> Path:
+    """Where the shipped organism lives inside the installed package."""
+    return Path(str(resources.files("workbench.models") / "organisms" / name))
+
+
+def build_samples(recipe: Recipe, n: int, split: str, seed: int) -> list[Sample]:
+    """``n`` samples of the recipe's mix from ``split``, seeded; kinds are interleaved at their shares."""
+    rng = np.random.default_rng(seed)
+    a, b = sample_operands(n, recipe.digits, split, rng)
+    shares = np.array([s for _, s in recipe.mix], dtype=float)
+    kinds = rng.choice(len(recipe.mix), size=n, p=shares / shares.sum())
+    makers = [KINDS[k] for k, _ in recipe.mix]
+    return [makers[k](Problem(int(x), int(y)), rng) for x, y, k in zip(a, b, kinds)]

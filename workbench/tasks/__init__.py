@@ -1,0 +1,1 @@
+"""Task generators and parsers: addition problems, CoT formats, hints, corruptions."""
