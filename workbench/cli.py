@@ -102,7 +102,7 @@ def cmd_tasks_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from workbench.tasks.export import FORMATS
 
-    p = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="workbench", description="Mechanistic interpretability workbench: stated reasoning beside internal computation.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -102,6 +102,6 @@ def load_checkpoint(directory: str | Path, device: str | None = None) -> HookedT
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     state = load_file(str(weights))
     model.load_state_dict(state, strict=True)
-    model.to(cfg.device)
+    model.to(cfg.device, print_details=False)
     model.eval()
     return model

@@ -79,7 +79,7 @@ def check_text(tokenizer: PreTrainedTokenizerBase, text: str) -> None:
     if not is_char_tokenizer(tokenizer):
         return
     allowed = vocabulary_chars(tokenizer)
-    bad = sorted({ch for ch in text if ch not in allowed})
+    bad = list(dict.fromkeys(ch for ch in text if ch not in allowed))  # in order of first position
     if bad:
         where = ", ".join(f"{ch!r} at position {text.index(ch)}" for ch in bad)
         shown = "".join(sorted(allowed))

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,16 +153,20 @@ def train(
     resume: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
+    callback: Callable[[int, HookedTransformer], bool] | None = None,
+    callback_every: int = 50,
 ) -> tuple[HookedTransformer, dict]:
     """Train ``recipe`` to completion; returns the model and a training summary for the card.
 
     Resumable state is checkpointed to ``state_dir`` every ``checkpoint_every`` steps; with ``resume`` a run
     picks up from the last one. ``stop_after`` ends the run after that many steps (as a kill would), for tests.
+    ``callback(step, model)`` runs every ``callback_every`` steps (model in eval mode, no grad); returning True
+    stops training there (early stopping, time-to-target benchmarks).
     """
     cfg, state_dir = recipe.train, Path(state_dir)
-    recipe_json = recipe.to_json()
+    recipe_json = json.loads(json.dumps(recipe.to_json()))  # as it reads back (tuples become lists)
     marker = state_dir / "recipe.json"
-    if state_dir.exists() and marker.exists() and json.loads(marker.read_text()) != recipe_json:
+    if resume and marker.exists() and json.loads(marker.read_text()) != recipe_json:
         raise ValueError(f"{state_dir} holds the state of a different recipe; remove it or pick another directory")
     t0 = time.perf_counter()
     with deterministic_cpu(cfg.num_threads):
@@ -204,8 +209,16 @@ def train(
                 history.append({"step": step, **{k: round(v, 5) for k, v in metrics.items()}})
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", exact=f"{metrics['seq_exact']:.3f}")
             bar.update(1)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            stop = False
+            if callback is not None and step % callback_every == 0:
+                model.eval()
+                with torch.no_grad():
+                    stop = bool(callback(step, model))
+                model.train()
+            if stop or step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 _save_state(state_dir / "state", model, opt, step, history, seconds_before + time.perf_counter() - t0)
+            if stop:
+                break
         bar.close()
     model.eval()
     summary = {

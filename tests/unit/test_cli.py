@@ -1,0 +1,72 @@
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import tiny_model
+from workbench.cli import main
+from workbench.models.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(tiny_model(), path)
+    return path
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("workbench: error:")
+    return err[0]
+
+
+def test_generate(ckpt, capsys):
+    assert main(["generate", str(ckpt), "36+59=", "--n", "3", "--max-new-tokens", "5", "--temperature", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(line.startswith("36+59=") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["generate", "no-such-model", "1+1="], "cannot load 'no-such-model'"),
+        (["generate", "{ckpt}", "36*59="], "'*' at position 2"),
+        (["generate", "{ckpt}", "1" * 70], "context is 64"),
+        (["organisms", "eval", "{ckpt}"], "--organism"),
+        (["organisms", "train", "adder-nothing"], "unknown organism"),
+        (["tasks", "export", "--digits", "7", "--out", "{ckpt}/x.jsonl"], "1..5"),
+        (["demo", "--prompt", "36*59="], "a+b="),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(ckpt, capsys, argv, expected):
+    argv = [a.replace("{ckpt}", str(ckpt)) for a in argv]
+    assert main(argv) == 2
+    assert expected in _error_line(capsys)
+
+
+@pytest.mark.parametrize("argv", [["generate", "x", "1+1=", "--n", "0"], ["generate", "x", "1+1=", "--temperature", "-1"],
+                                  ["frobnicate"]])
+def test_bad_arguments_exit_2(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+
+
+def test_real_process_exit_code_and_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "workbench.cli", "generate", "no-such-model", "1+1="],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_tasks_export(tmp_path, capsys):
+    assert main(["tasks", "export", "--format", "hint", "--n", "5", "--out", str(tmp_path / "h.jsonl")]) == 0
+    assert len((tmp_path / "h.jsonl").read_text().splitlines()) == 5
+
+
+def test_organisms_list(capsys):
+    assert main(["organisms", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("adder-direct", "adder-cot-faithful", "adder-cot-posthoc", "adder-hint"):
+        assert name in out

@@ -1,0 +1,31 @@
+import pytest
+
+from tests.helpers import tiny_model
+from workbench.errors import WorkbenchError
+from workbench.generation import complete
+
+
+def test_batched_equals_one_by_one():
+    model = tiny_model(seed=5)
+    prompts = ["36+59=", "478+256=", "1+2=", "99+1=", "hint:12 3+4="]
+    batched = complete(model, prompts, max_new_tokens=12)
+    single = [complete(model, [p], max_new_tokens=12)[0] for p in prompts]
+    assert batched == single
+    assert all(len(c) <= 12 for c in batched)
+
+
+def test_sampling_is_seeded():
+    model = tiny_model(seed=5)
+    a = complete(model, ["1+2="] * 4, 8, temperature=1.0, seed=3)
+    b = complete(model, ["1+2="] * 4, 8, temperature=1.0, seed=3)
+    assert a == b and len(set(a)) > 1  # a random model samples different strings
+
+
+def test_bad_inputs_name_the_problem():
+    model = tiny_model()
+    with pytest.raises(WorkbenchError, match=r"'\*' at position 2"):
+        complete(model, ["36*59="])
+    with pytest.raises(WorkbenchError, match="context is 64"):
+        complete(model, ["1" * 60], max_new_tokens=10)
+    with pytest.raises(WorkbenchError, match="temperature"):
+        complete(model, ["1+1="], temperature=-1)
