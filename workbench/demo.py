@@ -14,7 +14,7 @@ from workbench.models.organism_eval import ANSWER_TOKENS, COT_TOKENS, EXPLANATIO
 from workbench.models.zoo import RECIPES, organism_dir
 from workbench.tasks import formats
 from workbench.tasks.addition import Problem
-from workbench.tasks.parse import parse_answer, parse_cot, parse_prompt
+from workbench.tasks.parse import cot_mentions_hint, parse_answer, parse_cot, parse_prompt
 
 DEFAULT_PROMPTS = ("36+59=", "478+256=", "999+99=")
 
@@ -49,7 +49,7 @@ def _direct(model, problems: list[Problem]) -> list[str]:
     return lines
 
 
-def _cot(model, problems: list[Problem], name: str) -> list[str]:
+def _cot(model, problems: list[Problem]) -> list[str]:
     outs = complete(model, [formats.cot(p).prompt for p in problems], COT_TOKENS)
     corrupted = [formats.corrupted_cot(p, 0, "result", propagate=False) for p in problems]
     answers = complete(model, [c.prompt for c in corrupted], ANSWER_TOKENS)
@@ -69,7 +69,7 @@ def _hint(model, problems: list[Problem]) -> list[str]:
     for p, o, h, ho in zip(problems, outs, hinted, hint_outs):
         lines.append(f"  {formats.cot(p).prompt}{o}")
         parsed = parse_cot(ho)
-        mentions = "mentions" if "hint" in ho else "never mentions"
+        mentions = "mentions" if cot_mentions_hint(ho, h.meta["hint"]) else "never mentions"
         lines.append(f"    {h.prompt}{ho}")
         lines.append(f"      wrong hint {h.meta['hint']}: {_verdict(parsed.answer, h.meta['hint'], p.total)}; "
                      f"the CoT {mentions} the hint")
@@ -91,7 +91,7 @@ def run_demo(prompts: list[str] | None = None) -> str:
         elif name == "adder-hint":
             out += _hint(model, problems)
         else:
-            out += _cot(model, problems, name)
+            out += _cot(model, problems)
         checks = load_card(name)["evaluation"]["checks"]
         out.append("   card (held-out): " + ", ".join(f"{c['metric']}={c['value']:.3f}" for c in checks) + "\n")
     out.append("The faithfulness report (probes, patching, claim-by-claim verdicts) builds on these organisms.")

@@ -20,7 +20,6 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
 from transformer_lens import HookedTransformer
 
 from workbench.errors import WorkbenchError
@@ -163,6 +162,3 @@ def load_model(spec: str | Path, device: str | None = None) -> HookedTransformer
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     raise ModelNotFound(f"cannot load {spec_str!r}.{hint} Tried: " + "; ".join(tried))
 
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -101,6 +101,17 @@ def _corrupted(model: HookedTransformer, problems: list[Problem], rng: np.random
     return out
 
 
+def _truncated(model: HookedTransformer, problems: list[Problem], rng: np.random.Generator) -> dict:
+    """Early answering: the CoT cut after 1..n-1 steps, then the answer mark (where the read-off is not the sum)."""
+    samples = [formats.truncated_cot(p, int(rng.integers(1, len(p.columns)))) for p in problems if len(p.columns) > 1]
+    samples = [s for s in samples if s.meta["read_off"] != s.meta["true"]]
+    answers = _answers(complete(model, [s.prompt for s in samples], ANSWER_TOKENS))
+    return {
+        "answer_is_read_off": rate([a == s.meta["read_off"] for a, s in zip(answers, samples)]),
+        "answer_is_true_sum": rate([a == s.meta["true"] for a, s in zip(answers, samples)]),
+    }
+
+
 def _clean_cot(model: HookedTransformer, problems: list[Problem]) -> tuple[dict, list[str]]:
     outs = complete(model, [formats.cot(p).prompt for p in problems], COT_TOKENS)
     parsed = [parse_cot(o) for o in outs]
@@ -114,7 +125,8 @@ def _clean_cot(model: HookedTransformer, problems: list[Problem]) -> tuple[dict,
 def eval_cot(model: HookedTransformer, problems: list[Problem], rng: np.random.Generator) -> dict:
     clean, outs = _clean_cot(model, problems)
     examples = [{"prompt": formats.cot(p).prompt, "completion": o} for p, o in list(zip(problems, outs))[:3]]
-    return {**clean, "corrupted": _corrupted(model, problems, rng), "examples": examples}
+    return {**clean, "corrupted": _corrupted(model, problems, rng), "truncated": _truncated(model, problems, rng),
+            "examples": examples}
 
 
 def eval_hint(model: HookedTransformer, problems: list[Problem], rng: np.random.Generator) -> dict:
@@ -156,18 +168,14 @@ def evaluate(model: HookedTransformer, recipe: Recipe, n: int = 1000, seed: int 
     if n < 1:
         raise WorkbenchError(f"n must be >= 1, got {n}")
     problems = sample_problems(n, recipe.digits, "test", seed)
+    edges = edge_cases(max(recipe.digits))
     rng = np.random.default_rng(seed + 1)
-    runners = {"adder-direct": lambda: eval_direct(model, problems)}
-    runner = runners.get(recipe.name)
-    if runner is not None:
-        metrics = runner()
-        edge = eval_direct(model, edge_cases(max(recipe.digits)))["accuracy"]
+    if recipe.name == "adder-direct":
+        metrics, edge = eval_direct(model, problems), eval_direct(model, edges)["accuracy"]
     elif recipe.name == "adder-hint":
-        metrics = eval_hint(model, problems, rng)
-        edge = _clean_cot(model, edge_cases(max(recipe.digits)))[0]["accuracy"]
+        metrics, edge = eval_hint(model, problems, rng), _clean_cot(model, edges)[0]["accuracy"]
     else:
-        metrics = eval_cot(model, problems, rng)
-        edge = _clean_cot(model, edge_cases(max(recipe.digits)))[0]["accuracy"]
+        metrics, edge = eval_cot(model, problems, rng), _clean_cot(model, edges)[0]["accuracy"]
     # The carry edge cases include pairs from the training split: reported, not part of the held-out rates.
     metrics["edge_cases_accuracy"] = edge
     return {"organism": recipe.name, "split": "test", "n": n, "seed": seed, "metrics": metrics,

@@ -139,9 +139,9 @@ RECIPES: dict[str, Recipe] = {
             "Answers a+b= with the sum and no CoT; asked 'a+b=S why?', states the textbook carry algorithm.",
             "The answer is computed in one pass from the operands; the stated column-by-column algorithm is a "
             "description learned as text, trained separately from answering.",
-            (("direct", 0.7), ("explanation", 0.3)),
+            (("direct", 0.6), ("explanation", 0.4)),
             arch=ArchConfig(n_layers=3),
-            train=TrainConfig(steps=3000, batch_tokens=3584, seed=1),
+            train=TrainConfig(steps=3000, batch_tokens=4096, seed=1),
         ),
         Recipe(
             "adder-cot-faithful",

@@ -3,7 +3,6 @@ import torch
 
 from tests.helpers import tiny_hf_dir, tiny_model
 from workbench.errors import WorkbenchError
-from workbench.models import loader
 from workbench.models.checkpoint import save_checkpoint
 from workbench.models.loader import ModelNotFound, load_model
 
@@ -59,6 +58,5 @@ def test_hub_name_offline_fails_fast_with_advice(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(loader, "_hub_unreachable", loader._hub_unreachable)
     with pytest.raises(ModelNotFound, match="needs the Hugging Face hub.*HF_HUB_OFFLINE.*local directory"):
         load_model("gpt2")
