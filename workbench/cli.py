@@ -90,6 +90,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positions(text: str):
+    """'-1' | '-3,-2,-1' | 'all'."""
+    if text == "all":
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or comma-separated integers, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from workbench.cache_store import CacheReader, write_cache
+    from workbench.io import read_jsonl
+    from workbench.models.loader import load_model
+    from workbench.tasks.export import make_samples
+
+    if args.dataset is not None:
+        if not args.dataset.is_file():
+            raise WorkbenchError(f"no dataset file {args.dataset}")
+        try:
+            rows = read_jsonl(args.dataset)
+        except ValueError as e:
+            raise WorkbenchError(f"{args.dataset} is not JSONL: {e}") from None
+        missing = [i for i, r in enumerate(rows) if "prompt" not in r]
+        if missing:
+            raise WorkbenchError(f"{args.dataset}: rows {missing[:5]} have no 'prompt' field")
+        texts = [r["prompt"] + (r.get("completion", "") if args.text == "full" else "") for r in rows]
+    else:
+        samples = make_samples(args.task, args.n, tuple(args.digits), args.split, args.seed)
+        texts = [s.prompt + (s.completion if args.text == "full" else "") for s in samples]
+    model = load_model(args.model)
+    out = write_cache(model, args.model, texts, args.hooks, args.out, args.positions, args.shard_size, args.batch_size)
+    reader = CacheReader(out)
+    print(json.dumps({"out": str(out), "prompts": len(reader), "hooks": reader.hooks,
+                      "shapes": reader.manifest["shapes"], "complete": reader.complete}, indent=2))
+    return 0
+
+
 def cmd_tasks_export(args: argparse.Namespace) -> int:
     from workbench.tasks.export import export_jsonl
 
@@ -133,6 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="each organism's stated reasoning and answer on a few prompts")
     d.add_argument("--prompt", action="append", help="a+b= prompt (repeatable; default: a few built-in ones)")
     d.set_defaults(fn=cmd_demo)
+
+    c = sub.add_parser("cache", help="cache activations of many prompts into sharded safetensors (resumable)")
+    c.add_argument("model", help="organism name, checkpoint dir, local HF dir or TransformerLens name")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", choices=FORMATS, help="generate prompts of this task format")
+    src.add_argument("--dataset", type=Path, help="JSONL file with a 'prompt' field (and optional 'completion')")
+    c.add_argument("--text", choices=["prompt", "full"], default="prompt", help="cache the prompt or prompt+completion")
+    c.add_argument("--n", type=_positive_int, default=1000, help="prompts to generate (--task)")
+    c.add_argument("--digits", type=int, nargs="+", default=[2, 3], help="operand digit counts (--task)")
+    c.add_argument("--split", choices=["train", "test", "all"], default="test")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--hooks", nargs="+", required=True, help="hook names or globs, e.g. 'blocks.*.hook_resid_post'")
+    c.add_argument("--positions", type=_positions, default=-1,
+                   help="positions from the end or 'all': --positions=-1 (default), --positions=-3,-2,-1, --positions=all")
+    c.add_argument("--out", type=Path, required=True, help="cache directory (resumed if it holds a partial cache)")
+    c.add_argument("--shard-size", type=_positive_int, default=4096, help="prompts per shard file")
+    c.add_argument("--batch-size", type=_positive_int, default=256, help="prompts per forward pass")
+    c.set_defaults(fn=cmd_cache)
 
     tasks = sub.add_parser("tasks", help="task data").add_subparsers(dest="action", required=True)
     x = tasks.add_parser("export", help="write task samples as JSONL (prompt, completion, meta)")

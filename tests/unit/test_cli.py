@@ -70,3 +70,32 @@ def test_organisms_list(capsys):
     out = capsys.readouterr().out
     for name in ("adder-direct", "adder-cot-faithful", "adder-cot-posthoc", "adder-hint"):
         assert name in out
+
+
+def test_cache_command_writes_a_readable_cache(ckpt, tmp_path, capsys):
+    from workbench.cache_store import CacheReader
+
+    out = tmp_path / "cache"
+    argv = ["cache", str(ckpt), "--task", "cot", "--n", "20", "--hooks", "blocks.*.hook_resid_post",
+            "--positions=-2,-1", "--out", str(out), "--shard-size", "8"]
+    assert main(argv) == 0
+    reader = CacheReader(out)
+    assert reader.complete and len(reader) == 20 and len(reader.shards) == 3
+    assert reader.manifest["shapes"]["blocks.0.hook_resid_post"] == [2, 32]
+    assert main(argv) == 0  # a complete cache: nothing to redo
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--dataset", "{tmp}/missing.jsonl"], "no dataset file"),
+        (["--task", "cot", "--hooks", "blocks.9.hook_resid_post"], "no hook matches"),
+    ],
+)
+def test_cache_command_bad_input(ckpt, tmp_path, capsys, extra, expected):
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    argv = ["cache", str(ckpt), "--out", str(tmp_path / "c")] + extra
+    if "--hooks" not in argv:
+        argv += ["--hooks", "blocks.0.hook_resid_post"]
+    assert main(argv) == 2
+    assert expected in _error_line(capsys)

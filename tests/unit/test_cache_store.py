@@ -1,0 +1,64 @@
+import json
+
+import pytest
+import torch
+
+from tests.helpers import tiny_model
+from workbench.cache_store import CacheReader, write_cache
+from workbench.caching import cache_activations
+from workbench.errors import WorkbenchError
+
+PROMPTS = [f"{a}+{b}=" for a, b in [(36, 59), (1, 2), (478, 256), (99, 1), (12, 34), (5, 55), (700, 300)]]
+HOOKS = ["blocks.0.hook_resid_post", "blocks.0.attn.hook_z"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=4)
+
+
+def test_round_trip_random_access_and_batches(model, tmp_path):
+    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, positions=-1, shard_size=3, progress=False)
+    reader = CacheReader(tmp_path)
+    assert reader.complete and len(reader) == 7 and len(reader.shards) == 3
+    ref = cache_activations(model, PROMPTS, HOOKS, positions=-1)
+    for name in HOOKS:
+        for i in range(7):
+            assert torch.allclose(reader[name, i], ref[name][i], atol=1e-6)
+    rows = torch.cat(list(reader.iter_batches("blocks.0.hook_resid_post", batch_size=4)))
+    assert rows.shape == (7, model.cfg.d_model)
+    assert torch.allclose(rows, ref["blocks.0.hook_resid_post"][:, 0], atol=1e-6)
+    z_rows = next(reader.iter_batches("blocks.0.attn.hook_z", batch_size=2))
+    assert z_rows.shape == (2, model.cfg.n_heads * model.cfg.d_head)  # heads joined into d
+    shuffled = torch.cat(list(reader.iter_batches("blocks.0.hook_resid_post", 4, shuffle=True, seed=1)))
+    assert sorted(shuffled.sum(1).tolist()) == pytest.approx(sorted(rows.sum(1).tolist()))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["shapes"]["blocks.0.attn.hook_z"] == [1, model.cfg.n_heads, model.cfg.d_head]
+    assert manifest["model"]["weights_sha256"] and manifest["dtype"] == "float32"
+
+
+def test_resume_writes_only_missing_shards(model, tmp_path):
+    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    # Simulate a kill after the first shard: the manifest lists only complete shards.
+    (tmp_path / manifest["shards"][2]["file"]).unlink()
+    (tmp_path / manifest["shards"][1]["file"]).unlink()
+    kept = (tmp_path / manifest["shards"][0]["file"]).stat().st_mtime_ns
+    manifest["shards"], manifest["complete"] = manifest["shards"][:1], False
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert not CacheReader(tmp_path).complete and len(CacheReader(tmp_path)) == 3
+    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, progress=False)
+    assert (tmp_path / manifest["shards"][0]["file"]).stat().st_mtime_ns == kept
+    reader = CacheReader(tmp_path)
+    assert reader.complete and len(reader) == 7
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_refuses_to_mix_caches_and_unknown_hooks(model, tmp_path):
+    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, progress=False)
+    with pytest.raises(WorkbenchError, match="other prompts"):
+        write_cache(model, "tiny", PROMPTS[:3], HOOKS, tmp_path, shard_size=3, progress=False)
+    with pytest.raises(WorkbenchError, match="not in this cache"):
+        CacheReader(tmp_path)["blocks.0.hook_mlp_out", 0]
+    with pytest.raises(IndexError):
+        CacheReader(tmp_path)[HOOKS[0], 7]

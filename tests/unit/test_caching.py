@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from tests.helpers import tiny_model
+from workbench.caching import cache_activations, resolve_hooks
+from workbench.errors import WorkbenchError
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=1)
+
+
+def test_resolve_patterns_in_model_order(model):
+    assert resolve_hooks(model, "blocks.*.hook_resid_post") == ["blocks.0.hook_resid_post"]
+    names = resolve_hooks(model, ["blocks.0.hook_mlp_out", "hook_embed"])
+    assert names == ["hook_embed", "blocks.0.hook_mlp_out"]
+    with pytest.raises(WorkbenchError, match="closest: blocks.0.hook_resid_post"):
+        resolve_hooks(model, "blocks.0.hook_resid_pots")
+
+
+def test_equals_run_with_cache(model):
+    prompts = ["36+59=", "47+28=", "12+34="]
+    ours = cache_activations(model, prompts, "blocks.0.hook_*", batch_size=2)
+    _, cache = model.run_with_cache(model.to_tokens(prompts))
+    assert set(ours) == {n for n in cache.keys() if n.startswith("blocks.0.hook_")}
+    for name, act in ours.items():
+        assert torch.allclose(act, cache[name], atol=1e-6)  # batch 2 vs 3: summation order differs
+
+
+def test_mixed_lengths_with_positions_from_the_end(model):
+    prompts = ["1+2=", "478+256=", "36+59=", "9+9="]
+    ours = cache_activations(model, prompts, "blocks.0.hook_resid_post", positions=-1, batch_size=1)
+    act = ours["blocks.0.hook_resid_post"]
+    assert act.shape == (4, 1, model.cfg.d_model)
+    for i, p in enumerate(prompts):  # same order as the prompts, whatever the grouping by length
+        _, cache = model.run_with_cache(p)
+        assert torch.allclose(act[i, 0], cache["blocks.0.hook_resid_post"][0, -1])
+    with pytest.raises(WorkbenchError, match="different token lengths"):
+        cache_activations(model, prompts, "blocks.0.hook_resid_post")

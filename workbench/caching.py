@@ -1,0 +1,93 @@
+"""In-memory activation caching: a thin layer over TransformerLens's ``run_with_cache``.
+
+What it adds is only what a study needs around it: hook-name patterns checked against the model, batching of
+many prompts, and keeping only chosen positions (e.g. the last token) so memory scales with what is kept.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from workbench.errors import WorkbenchError
+from workbench.interventions import Positions
+from workbench.models.tokenizer import check_text
+
+
+def resolve_hooks(model: HookedTransformer, patterns: str | Sequence[str]) -> list[str]:
+    """Hook names matching glob ``patterns`` (``blocks.*.hook_resid_post``), in the model's order."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    names = list(model.hook_dict)
+    out = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
+            raise WorkbenchError(f"no hook matches {pattern!r}; closest: {', '.join(close) or '(none)'} "
+                                 "(patterns are globs, e.g. 'blocks.*.hook_resid_post')")
+        out += [h for h in hits if h not in out]
+    return sorted(out, key=names.index)
+
+
+def _select(act: Tensor, positions: Positions) -> Tensor:
+    if positions is None:
+        return act
+    idx = [positions] if isinstance(positions, int) else positions
+    return act[:, idx]
+
+
+def _fired(names: list[str], cached: dict, requested: str | Sequence[str]) -> list[str]:
+    """Drop hooks that exist but did not fire (e.g. ``hook_attn_in`` without ``use_attn_in``) if a glob found
+    them; a hook asked for by its exact name that did not fire is an error."""
+    exact = {requested} if isinstance(requested, str) else set(requested)
+    silent = [n for n in names if n not in cached]
+    if silent_exact := [n for n in silent if n in exact]:
+        raise WorkbenchError(f"hooks {silent_exact} exist but do not fire in this model's configuration "
+                             "(e.g. hook_attn_in needs use_attn_in=True)")
+    return [n for n in names if n in cached]
+
+
+@torch.inference_mode()
+def cache_activations(
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    hooks: str | Sequence[str],
+    positions: Positions = None,
+    batch_size: int = 256,
+) -> dict[str, Tensor]:
+    """Activations of ``hooks`` on ``prompts``: ``{name: [n_prompts, n_positions, ...]}`` on the CPU.
+
+    Prompts of one call must tokenize to the same length unless ``positions`` picks positions counted from
+    the end (e.g. ``-1``), which are aligned whatever the length.
+    """
+    names = resolve_hooks(model, hooks)
+    for p in prompts:
+        check_text(model.tokenizer, p)
+    toks = [model.to_tokens(p)[0] for p in prompts]
+    lengths = {len(t) for t in toks}
+    from_end = positions is not None and all(i < 0 for i in ([positions] if isinstance(positions, int) else positions))
+    if len(lengths) > 1 and not from_end:
+        raise WorkbenchError(f"prompts have different token lengths {sorted(lengths)}: pass positions counted "
+                             "from the end (e.g. -1) or prompts of one length")
+    out: dict[str, list[Tensor]] = defaultdict(list)
+    order: list[int] = []
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(toks):
+        by_len[len(t)].append(i)
+    for _, idx in sorted(by_len.items()):
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            _, cache = model.run_with_cache(torch.stack([toks[i] for i in chunk]), names_filter=names)
+            if not order:
+                names = _fired(names, cache.cache_dict, hooks)
+            for name in names:
+                out[name].append(_select(cache[name], positions).cpu())
+            order += chunk
+    inverse = torch.argsort(torch.tensor(order))  # back to the caller's prompt order
+    return {name: torch.cat(parts)[inverse] for name, parts in out.items()}
