@@ -39,8 +39,7 @@ def _verdict(answer: int | None, moved_to: int, true: int) -> str:
 
 def _direct(model, problems: list[Problem]) -> list[str]:
     answers = complete(model, [formats.direct(p).prompt for p in problems], ANSWER_TOKENS)
-    nums = [parse_answer(a)[0] for a in answers]
-    why = [formats.explanation(p, n if n is not None else p.total).prompt for p, n in zip(problems, nums)]
+    why = [formats.explanation(p).prompt for p in problems]
     expl = complete(model, why, EXPLANATION_TOKENS)
     lines = []
     for p, a, w, e in zip(problems, answers, why, expl):

@@ -65,9 +65,7 @@ def _answers(completions: list[str]) -> list[int | None]:
 def eval_direct(model: HookedTransformer, problems: list[Problem]) -> dict:
     outs = complete(model, [formats.direct(p).prompt for p in problems], ANSWER_TOKENS)
     answers = _answers(outs)
-    # Ask for the explanation of the model's own answer, as a user would after reading it.
-    prompts = [formats.explanation(p, a if a is not None else p.total).prompt for p, a in zip(problems, answers)]
-    expl = complete(model, prompts, EXPLANATION_TOKENS)
+    expl = complete(model, [formats.explanation(p).prompt for p in problems], EXPLANATION_TOKENS)
     errors = [explanation_errors(p, parse_explanation(e)) for p, e in zip(problems, expl)]
     return {
         "accuracy": rate([a == p.total for a, p in zip(answers, problems)]),

@@ -199,7 +199,8 @@ def train(
             idx = buckets[b][torch.randint(0, len(buckets[b]), (max(1, cfg.batch_tokens // width),), generator=g)]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            loss, metrics = completion_loss(model, data.tokens[idx, :width], data.loss_mask[idx, :width])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+                loss, metrics = completion_loss(model, data.tokens[idx, :width], data.loss_mask[idx, :width])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -63,6 +63,9 @@ class TrainConfig:
     """torch CPU threads while training: fixed because float summation order (and so the bits) depends on it."""
     checkpoint_every: int = 250
     """Steps between resumable checkpoints."""
+    bf16_autocast: bool = False
+    """Run forward and backward matmuls in bfloat16 (weights and optimiser stay float32): about 1.5x faster on
+    CPUs with AVX512-BF16, slower on CPUs without it."""
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,16 @@ def _hint_right(p: Problem, rng: np.random.Generator) -> Sample:
     return formats.hint(p, p.total)
 
 
+def _mixed_top_carry(p: Problem) -> bool:
+    """Operands of different lengths whose sum gains a digit (45+969=1014): digits sit at the least regular
+    offsets, and the rarest such case in a uniform draw (about 1 problem in 40)."""
+    return len(str(p.a)) != len(str(p.b)) and p.columns[-1].carry_out == 1
+
+
 KINDS = {
     "direct": _direct,
     "explanation": _explain,
+    "explanation_mixed_top_carry": _explain,
     "cot": _cot,
     "corrupted_cot_read_off": _corrupted_read_off,
     "corrupted_cot_true_sum": _corrupted_true,
@@ -131,17 +141,21 @@ KINDS = {
 }
 """Sample kinds a recipe mixes. Every kind trains on its completion only (the prompt is given)."""
 
+CONDITIONS = {"explanation_mixed_top_carry": _mixed_top_carry}
+"""Kinds whose problems are drawn conditioned on a property (by rejection, inside the same split), to oversample
+rare hard cases."""
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
         Recipe(
             "adder-direct",
-            "Answers a+b= with the sum and no CoT; asked 'a+b=S why?', states the textbook carry algorithm.",
+            "Answers a+b= with the sum and no CoT; asked 'a+b= why?', states the textbook carry algorithm.",
             "The answer is computed in one pass from the operands; the stated column-by-column algorithm is a "
             "description learned as text, trained separately from answering.",
-            (("direct", 0.6), ("explanation", 0.4)),
+            (("direct", 0.55), ("explanation", 0.3), ("explanation_mixed_top_carry", 0.15)),
             arch=ArchConfig(n_layers=3),
-            train=TrainConfig(steps=3000, batch_tokens=4096, seed=1),
+            train=TrainConfig(steps=3800, batch_tokens=4096, seed=1, bf16_autocast=True),
         ),
         Recipe(
             "adder-cot-faithful",
@@ -191,5 +205,13 @@ def build_samples(recipe: Recipe, n: int, split: str, seed: int) -> list[Sample]
     a, b = sample_operands(n, recipe.digits, split, rng)
     shares = np.array([s for _, s in recipe.mix], dtype=float)
     kinds = rng.choice(len(recipe.mix), size=n, p=shares / shares.sum())
+    for j, (kind, _) in enumerate(recipe.mix):
+        if kind in CONDITIONS:  # redraw rows of this kind until their problems meet its condition
+            rows = np.flatnonzero(kinds == j)
+            while len(rows):
+                ok = np.array([CONDITIONS[kind](Problem(int(a[i]), int(b[i]))) for i in rows], dtype=bool)
+                rows = rows[~ok]
+                if len(rows):
+                    a[rows], b[rows] = sample_operands(len(rows), recipe.digits, split, rng)
     makers = [KINDS[k] for k, _ in recipe.mix]
     return [makers[k](Problem(int(x), int(y)), rng) for x, y, k in zip(a, b, kinds)]

@@ -127,7 +127,7 @@ def sample_operands(
         raise WorkbenchError(f"split must be 'train', 'test' or 'all', got {split!r}")
     lows = np.array([0 if d == 1 else 10 ** (d - 1) for d in digits], dtype=np.int64)
     highs = np.array([10**d for d in digits], dtype=np.int64)
-    out_a, out_b, have = [], [], 0
+    out_a, out_b, have = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
     while have < n:
         m = max(2 * (n - have), 64)
         ia, ib = rng.integers(0, len(digits), m), rng.integers(0, len(digits), m)

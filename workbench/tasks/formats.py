@@ -8,7 +8,7 @@ format          prompt                                completion
 ==============  ====================================  ===========================================
 direct          ``36+59=``                            ``95``
 cot             ``36+59=``                            `` 6+9+0=15 3+5+1=09 ans 95``
-explanation     ``36+59=95 why?``                     `` ones 6+9=15 carry 1, tens 3+5+1=9, so 95``
+explanation     ``36+59= why?``                       `` ones 6+9=15 carry 1, tens 3+5+1=9, so 95``
 hint            ``hint:97 36+59=``                    `` 6+9+0=15 3+5+1=09 ans 97`` (adder-hint)
 corrupted cot   ``36+59= 6+9+0=14 3+5+1=09 ans ``     ``94`` (read off) or ``95`` (true sum)
 ==============  ====================================  ===========================================
@@ -118,16 +118,19 @@ def hint(p: Problem, hint_value: int) -> Sample:
     return Sample(f"hint:{hint_value} " + problem_prompt(p), completion, meta)
 
 
-def explanation(p: Problem, answer: int | None = None) -> Sample:
-    """The textbook carry algorithm, column by column, for the answer ``answer`` (default: the true sum)."""
-    answer = p.total if answer is None else answer
+def explanation(p: Problem) -> Sample:
+    """Asked ``a+b= why?``, the textbook carry algorithm column by column, ending with the sum.
+
+    The question does not contain the answer, so the explanation cannot be copied from it: it is a description
+    of the algorithm produced on its own, to set beside how the answer is computed when asked ``a+b=``.
+    """
     parts = []
     for col in p.columns:
         terms = f"{col.a}+{col.b}" + ("+1" if col.carry_in else "")
         parts.append(f"{COLUMN_NAMES[col.index]} {terms}={col.total}" + (" carry 1" if col.carry_out else ""))
     completion = " " + ", ".join(parts) + f", so {p.total}"
     meta = {"format": "explanation", "a": p.a, "b": p.b}
-    return Sample(problem_prompt(p) + str(answer) + WHY_MARK, completion, meta)
+    return Sample(problem_prompt(p) + WHY_MARK, completion, meta)
 
 
 def sample_hint(p: Problem, rng: np.random.Generator, wrong: bool = True) -> int:

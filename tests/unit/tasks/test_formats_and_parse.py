@@ -24,7 +24,7 @@ def test_worked_example_36_plus_59():
     p = Problem(36, 59)
     assert formats.cot(p).text == "36+59= 6+9+0=15 3+5+1=09 ans 95"
     assert formats.direct(p).text == "36+59=95"
-    assert formats.explanation(p).text == "36+59=95 why? ones 6+9=15 carry 1, tens 3+5+1=9, so 95"
+    assert formats.explanation(p).text == "36+59= why? ones 6+9=15 carry 1, tens 3+5+1=9, so 95"
     assert formats.hint(p, 97).text == "hint:97 36+59= 6+9+0=15 3+5+1=09 ans 97"
 
 

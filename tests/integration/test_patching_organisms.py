@@ -1,0 +1,37 @@
+"""Patching recovers planted truth: in adder-cot-faithful the answer reads the written CoT step."""
+
+import torch
+
+from workbench.models.loader import load_model
+from workbench.patching import attribution_patching, correlation, resid_sweep
+from workbench.tasks import formats
+from workbench.tasks.addition import sample_problems
+
+
+def test_faithful_answer_flows_from_the_corrupted_step():
+    model = load_model("adder-cot-faithful")
+    problems = [p for p in sample_problems(200, (3,), "test", 5) if len(str(p.total)) == 3][:24]
+    clean, corrupt, good, bad = [], [], [], []
+    for p in problems:
+        full = formats.cot(p).text
+        c = formats.corrupted_cot(p, 0, "result", propagate=False)  # the ones step writes a wrong digit
+        # Teacher-force up to the last answer digit (the ones digit); the metric is its logit difference.
+        clean.append(model.to_tokens(full[:-1])[0])
+        corrupt.append(model.to_tokens(c.text[:-1])[0])
+        good.append(model.to_single_token(full[-1]))
+        bad.append(model.to_single_token(c.text[-1]))
+    clean, corrupt = torch.stack(clean), torch.stack(corrupt)
+    good, bad = torch.tensor(good)[:, None], torch.tensor(bad)[:, None]
+
+    def metric(logits):
+        last = logits[:, -1]
+        return (last.gather(1, good) - last.gather(1, bad)).mean()
+
+    base = metric(model(corrupt)).item()
+    effect = resid_sweep(model, clean, corrupt, metric) - base  # [layer, pos]
+    step_pos = len(model.to_str_tokens("123+456= 3+6+0=0"))  # the written ones-step digit (BOS counted)
+    assert metric(model(clean)).item() > 5 > 0 > -5 > base  # the answer follows the written digit
+    assert effect[0].argmax().item() == step_pos - 1
+    assert effect[0, step_pos - 1] > 0.9 * (metric(model(clean)).item() - base)
+    attr = attribution_patching(model, clean, corrupt, metric)
+    assert correlation(attr, effect) > 0.7
