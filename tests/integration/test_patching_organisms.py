@@ -29,9 +29,10 @@ def test_faithful_answer_flows_from_the_corrupted_step():
 
     base = metric(model(corrupt)).item()
     effect = resid_sweep(model, clean, corrupt, metric) - base  # [layer, pos]
-    step_pos = len(model.to_str_tokens("123+456= 3+6+0=0"))  # the written ones-step digit (BOS counted)
+    # The written result digit of the ones step: the token right after "a+b= a0+b0+0=" and the carry digit.
+    step_pos = len(model.to_str_tokens("123+456= 3+6+0=0"))  # BOS counted, so this is that token's index
     assert metric(model(clean)).item() > 5 > 0 > -5 > base  # the answer follows the written digit
-    assert effect[0].argmax().item() == step_pos - 1
-    assert effect[0, step_pos - 1] > 0.9 * (metric(model(clean)).item() - base)
+    assert effect[0].argmax().item() == step_pos
+    assert effect[0, step_pos] > 0.9 * (metric(model(clean)).item() - base)
     attr = attribution_patching(model, clean, corrupt, metric)
     assert correlation(attr, effect) > 0.7

@@ -83,6 +83,16 @@ class Recipe:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, d: dict) -> "Recipe":
+        """Inverse of :meth:`to_json`; fields missing from ``d`` (added to the code later) take their defaults."""
+        d = dict(d)
+        d["mix"] = tuple((k, s) for k, s in d["mix"])
+        d["digits"] = tuple(d["digits"])
+        d["arch"] = ArchConfig(**d["arch"])
+        d["train"] = TrainConfig(**d["train"])
+        return cls(**d)
+
 
 def _direct(p: Problem, rng: np.random.Generator) -> Sample:
     return formats.direct(p)

@@ -1,10 +1,12 @@
+import json
+
 import torch
 
 from tests.helpers import tiny_recipe, with_steps
 from workbench.models.organisms import weights_sha256
 from workbench.models.tokenizer import build_char_tokenizer
 from workbench.models.trainer import completion_loss, encode_samples, lr_at, train
-from workbench.models.zoo import RECIPES, TrainConfig, build_samples
+from workbench.models.zoo import RECIPES, Recipe, TrainConfig, build_samples
 from workbench.tasks import formats
 from workbench.tasks.addition import Problem
 
@@ -74,3 +76,11 @@ def test_recipes_fit_their_context_and_mix_known_kinds():
         assert enc.tokens.shape[1] <= recipe.arch.n_ctx
         assert abs(sum(s for _, s in recipe.mix) - 1) < 1e-9
         assert torch.all(enc.loss_mask.sum(1) >= 2)  # every sample trains on at least one token plus EOS
+
+
+def test_recipe_json_round_trip_and_defaults_for_new_fields():
+    for recipe in RECIPES.values():
+        data = json.loads(json.dumps(recipe.to_json()))
+        assert Recipe.from_json(data) == recipe
+        del data["train"]["bf16_autocast"]  # a card written before the field existed
+        assert Recipe.from_json(data).train.bf16_autocast is False
