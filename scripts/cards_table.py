@@ -5,13 +5,19 @@ from workbench.models.zoo import RECIPES
 
 
 def main() -> None:
-    print("| organism | training (s, 2 CPU threads) | measured on 1000 held-out problems (Wilson 95% CI) |")
+    print("| organism | training (s, 2 CPU threads) | measured rate [Wilson 95% CI] on held-out problems |")
     print("|---|---|---|")
     for name in RECIPES:
         card = load_card(name)
-        rates = "; ".join(
-            f"{c['metric']} {c['value']:.3f}" for c in card["evaluation"]["checks"]
-        )
+        metrics = card["evaluation"]["metrics"]
+        parts = []
+        for c in card["evaluation"]["checks"]:
+            node = metrics
+            for key in c["metric"].split("."):
+                node = node[key]
+            lo, hi = node["ci95"]
+            parts.append(f"{c['metric']} {node['rate']:.3f} [{lo:.3f}, {hi:.3f}] (n={node['n']}, target {c['target']})")
+        rates = "<br>".join(parts)
         print(f"| `{name}` | {card['training']['seconds']:.0f} | {rates} |")
 
 
