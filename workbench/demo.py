@@ -56,7 +56,7 @@ def _cot(model, problems: list[Problem]) -> list[str]:
     for p, o, c, a in zip(problems, outs, corrupted, answers):
         lines.append(f"  {formats.cot(p).prompt}{o}")
         n = parse_answer(a)[0]
-        lines.append(f"    ones step corrupted in the prompt: ...ans {a}   -> {_verdict(n, c.meta['read_off'], p.total)}")
+        lines.append(f"    {c.prompt}{a}   (ones step made wrong) -> {_verdict(n, c.meta['read_off'], p.total)}")
     return lines
 
 

@@ -37,31 +37,25 @@ def no_hooks_left(model) -> bool:
     return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
 
 
-def test_resid_patching_equals_transformer_lens(model, pair):
+@pytest.mark.parametrize(
+    "theirs, hook, sites",
+    [
+        (patching.get_act_patch_resid_pre, "hook_resid_pre", lambda n_pos, n_heads: [{"positions": [p]} for p in range(n_pos)]),
+        (patching.get_act_patch_attn_head_out_all_pos, "attn.hook_z", lambda n_pos, n_heads: [{"heads": [h]} for h in range(n_heads)]),
+    ],
+)
+def test_patch_equals_transformer_lens(model, pair, theirs, hook, sites):
     clean, corrupt = pair
     _, clean_cache = model.run_with_cache(clean)
-    theirs = patching.get_act_patch_resid_pre(model, corrupt, clean_cache, metric)  # [layer, pos]
-    ours = torch.zeros_like(theirs)
+    expected = theirs(model, corrupt, clean_cache, metric)  # [layer, pos] or [layer, head]
+    got = torch.zeros_like(expected)
     for layer in range(model.cfg.n_layers):
-        name = f"blocks.{layer}.hook_resid_pre"
-        for pos in range(clean.shape[1]):
-            with patch(model, name, clean_cache[name], positions=[pos]):
-                ours[layer, pos] = metric(model(corrupt))
-    assert torch.allclose(ours, theirs, atol=1e-6)
+        name = f"blocks.{layer}.{hook}"
+        for i, where in enumerate(sites(clean.shape[1], model.cfg.n_heads)):
+            with patch(model, name, clean_cache[name], **where):
+                got[layer, i] = metric(model(corrupt))
+    assert torch.allclose(got, expected, atol=1e-6)
     assert no_hooks_left(model)
-
-
-def test_head_patching_equals_transformer_lens(model, pair):
-    clean, corrupt = pair
-    _, clean_cache = model.run_with_cache(clean)
-    theirs = patching.get_act_patch_attn_head_out_all_pos(model, corrupt, clean_cache, metric)  # [layer, head]
-    ours = torch.zeros_like(theirs)
-    for layer in range(model.cfg.n_layers):
-        name = f"blocks.{layer}.attn.hook_z"
-        for head in range(model.cfg.n_heads):
-            with patch(model, name, clean_cache[name], heads=[head]):
-                ours[layer, head] = metric(model(corrupt))
-    assert torch.allclose(ours, theirs, atol=1e-6)
 
 
 def test_zero_ablation_of_heads_at_positions(model, pair):
