@@ -32,6 +32,7 @@ from workbench.caching import cache_activations, resolve_hooks
 from workbench.errors import WorkbenchError
 from workbench.interventions import Positions
 from workbench.io import atomic_write, write_json
+from workbench.models.checkpoint import weights_sha256
 
 log = logging.getLogger(__name__)
 FORMAT = "workbench-activation-cache"
@@ -47,11 +48,7 @@ def _digest(strings: Sequence[str]) -> str:
 
 def model_identity(model: HookedTransformer, name: str) -> dict:
     """What a cache records about its model: the name it was loaded by and a digest of its weights."""
-    h = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return {"name": name, "weights_sha256": h.hexdigest(), "n_layers": model.cfg.n_layers,
+    return {"name": name, "weights_sha256": weights_sha256(model), "n_layers": model.cfg.n_layers,
             "d_model": model.cfg.d_model, "d_vocab": model.cfg.d_vocab}
 
 

@@ -6,7 +6,8 @@ from workbench.cli import main
 from workbench.models.checkpoint import load_checkpoint
 from workbench.models.loader import load_model
 from workbench.models.organism_eval import evaluate
-from workbench.models.organisms import load_card, weights_sha256
+from workbench.models.checkpoint import weights_sha256
+from workbench.models.organisms import load_card
 from workbench.models.zoo import RECIPES, Recipe, organism_dir
 
 FRESH_SEED, FRESH_N = 777, 600

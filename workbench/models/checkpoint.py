@@ -6,6 +6,7 @@ cannot run code. Files that would need unpickling (``.pt``, ``.bin``, ...) are r
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -32,6 +33,17 @@ def refuse_pickle(path: Path) -> None:
             f"refusing to load {path.name}: {path.suffix} files are pickles, which can run arbitrary code when "
             "loaded; convert the weights to safetensors (model.safetensors + config.json) and load that"
         )
+
+
+def weights_sha256(model: HookedTransformer) -> str:
+    """A digest of the weights (names, shapes and bytes): checks bit-for-bit reproducibility and cache identity."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def config_to_json(cfg: HookedTransformerConfig) -> dict:

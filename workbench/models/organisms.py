@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 from transformer_lens import HookedTransformer
 
 from workbench.errors import WorkbenchError
-from workbench.models.checkpoint import save_checkpoint
+from workbench.models.checkpoint import save_checkpoint, weights_sha256
 from workbench.models.organism_eval import evaluate
 from workbench.models.trainer import train
 from workbench.models.zoo import RECIPES, get_recipe, organism_dir
@@ -19,17 +18,6 @@ from workbench.tasks import formats
 from workbench.tasks.addition import Problem, TEST_FRACTION
 
 log = logging.getLogger(__name__)
-
-
-def weights_sha256(model: HookedTransformer) -> str:
-    """A digest of the weights (names, shapes and bytes), to check bit-for-bit reproducibility."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 def _format_examples(name: str) -> dict:

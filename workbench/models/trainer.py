@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
+from workbench.errors import WorkbenchError
 from workbench.io import atomic_dir
 from workbench.models.tokenizer import build_char_tokenizer
 from workbench.models.zoo import ArchConfig, Recipe, TrainConfig, build_samples
@@ -167,7 +168,8 @@ def train(
     recipe_json = json.loads(json.dumps(recipe.to_json()))  # as it reads back (tuples become lists)
     marker = state_dir / "recipe.json"
     if resume and marker.exists() and json.loads(marker.read_text()) != recipe_json:
-        raise ValueError(f"{state_dir} holds the state of a different recipe; remove it or pick another directory")
+        raise WorkbenchError(f"{state_dir} holds the training state of a different recipe; delete it or pass "
+                             "another --work-dir")
     t0 = time.perf_counter()
     with deterministic_cpu(cfg.num_threads):
         tokenizer = build_char_tokenizer(model_max_length=recipe.arch.n_ctx)

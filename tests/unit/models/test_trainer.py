@@ -3,7 +3,7 @@ import json
 import torch
 
 from tests.helpers import tiny_recipe, with_steps
-from workbench.models.organisms import weights_sha256
+from workbench.models.checkpoint import weights_sha256
 from workbench.models.tokenizer import build_char_tokenizer
 from workbench.models.trainer import completion_loss, encode_samples, lr_at, train
 from workbench.models.zoo import RECIPES, Recipe, TrainConfig, build_samples
