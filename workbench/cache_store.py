@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.caching import cache_activations, resolve_hooks
+from workbench.caching import cache_activations, resolve_hooks, tokenize_checked
 from workbench.errors import WorkbenchError
 from workbench.interventions import Positions
 from workbench.io import atomic_write, write_json
@@ -69,6 +69,13 @@ def write_cache(
     prompts of one length), so every prompt contributes the same number of rows.
     """
     out_dir = Path(out_dir)
+    if isinstance(positions, slice):
+        raise WorkbenchError("positions must be an int, a list of ints counted from the end, or None; not a slice")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WorkbenchError(f"--out {out_dir} is a file; a cache is a directory")
+    toks = tokenize_checked(model, prompts)  # validates every prompt before anything is written
+    if positions is None and len({len(t) for t in toks}) > 1:
+        raise WorkbenchError("positions=None (all) needs prompts of one token length; use positions from the end")
     names = resolve_hooks(model, hooks)
     pos_json = positions if positions is None or isinstance(positions, int) else list(positions)
     identity = model_identity(model, model_name)
@@ -77,7 +84,10 @@ def write_cache(
     manifest_path = out_dir / "manifest.json"
     manifest = {"format": FORMAT, "version": 1, **key, "shapes": {}, "dtype": None, "shards": [], "complete": False}
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        try:
+            old = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise WorkbenchError(f"{manifest_path} is not valid JSON ({e}); delete the directory to start over") from None
         if {k: old.get(k) for k in key} != key:
             raise WorkbenchError(f"{out_dir} holds a cache of other prompts, hooks, positions or model; "
                                  "choose another --out or delete it")
@@ -90,11 +100,12 @@ def write_cache(
         if start in done:
             continue
         chunk = list(prompts[start : start + shard_size])
-        acts = cache_activations(model, chunk, names, positions, batch_size)
-        toks = [model.to_tokens(p)[0] for p in chunk]
-        lengths = torch.tensor([len(t) for t in toks])
-        padded = torch.full((len(toks), int(lengths.max())), model.tokenizer.pad_token_id or 0, dtype=torch.long)
-        for i, t in enumerate(toks):
+        # The user's patterns, not the expanded names: hooks a glob matched that never fire are dropped.
+        acts = cache_activations(model, chunk, hooks, positions, batch_size)
+        chunk_toks = toks[start : start + shard_size]
+        lengths = torch.tensor([len(t) for t in chunk_toks])
+        padded = torch.full((len(chunk_toks), int(lengths.max())), model.tokenizer.pad_token_id or 0, dtype=torch.long)
+        for i, t in enumerate(chunk_toks):
             padded[i, : len(t)] = t
         tensors = {name: a.contiguous() for name, a in acts.items()} | {"tokens": padded, "lengths": lengths}
         file = f"shard-{start // shard_size:05d}.safetensors"
@@ -124,7 +135,8 @@ class CacheReader:
         if self.manifest.get("format") != FORMAT:
             raise WorkbenchError(f"{path} is not a {FORMAT} manifest")
         self.shards = self.manifest["shards"]
-        self.hooks: list[str] = self.manifest["hooks"]
+        # Hooks actually cached: a glob may match hooks that never fire in this model, which are dropped.
+        self.hooks: list[str] = list(self.manifest["shapes"]) or self.manifest["hooks"]
 
     def __len__(self) -> int:
         return sum(s["count"] for s in self.shards)

@@ -16,7 +16,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from workbench.errors import WorkbenchError
-from workbench.interventions import Positions
+from workbench.interventions import PATTERN_HOOKS, Positions
 from workbench.models.tokenizer import check_text
 
 
@@ -35,11 +35,11 @@ def resolve_hooks(model: HookedTransformer, patterns: str | Sequence[str]) -> li
     return sorted(out, key=names.index)
 
 
-def _select(act: Tensor, positions: Positions) -> Tensor:
+def _select(name: str, act: Tensor, positions: Positions) -> Tensor:
     if positions is None:
         return act
     idx = [positions] if isinstance(positions, int) else positions
-    return act[:, idx]
+    return act[:, :, idx] if name.endswith(PATTERN_HOOKS) else act[:, idx]  # patterns: select query positions
 
 
 def _fired(names: list[str], cached: dict, requested: str | Sequence[str]) -> list[str]:
@@ -51,6 +51,21 @@ def _fired(names: list[str], cached: dict, requested: str | Sequence[str]) -> li
         raise WorkbenchError(f"hooks {silent_exact} exist but do not fire in this model's configuration "
                              "(e.g. hook_attn_in needs use_attn_in=True)")
     return [n for n in names if n in cached]
+
+
+def tokenize_checked(model: HookedTransformer, prompts: Sequence[str]) -> list[Tensor]:
+    """Token ids of each prompt, refusing characters outside the vocabulary and prompts beyond the context
+    (never truncating silently: position -1 must be the prompt's real last token)."""
+    out = []
+    for p in prompts:
+        if not isinstance(p, str):
+            raise WorkbenchError(f"prompts must be strings, got {type(p).__name__}: {p!r}")
+        check_text(model.tokenizer, p)
+        t = model.to_tokens(p, truncate=False)[0]
+        if len(t) > model.cfg.n_ctx:
+            raise WorkbenchError(f"prompt of {len(t)} tokens is longer than the context ({model.cfg.n_ctx}): {p[:40]!r}...")
+        out.append(t)
+    return out
 
 
 @torch.inference_mode()
@@ -67,14 +82,20 @@ def cache_activations(
     the end (e.g. ``-1``), which are aligned whatever the length.
     """
     names = resolve_hooks(model, hooks)
-    for p in prompts:
-        check_text(model.tokenizer, p)
-    toks = [model.to_tokens(p)[0] for p in prompts]
+    if isinstance(positions, slice):
+        raise WorkbenchError("positions must be an int, a list of ints, or None; not a slice")
+    toks = tokenize_checked(model, prompts)
     lengths = {len(t) for t in toks}
-    from_end = positions is not None and all(i < 0 for i in ([positions] if isinstance(positions, int) else positions))
+    pos_list = [] if positions is None else [positions] if isinstance(positions, int) else list(positions)
+    from_end = positions is not None and all(i < 0 for i in pos_list)
+    if pos_list and (max(abs(i) for i in pos_list) > min(lengths) or max(pos_list) >= min(lengths)):
+        raise WorkbenchError(f"positions {pos_list} do not exist in the shortest prompt ({min(lengths)} tokens)")
     if len(lengths) > 1 and not from_end:
         raise WorkbenchError(f"prompts have different token lengths {sorted(lengths)}: pass positions counted "
                              "from the end (e.g. -1) or prompts of one length")
+    if len(lengths) > 1 and any(n.endswith(PATTERN_HOOKS) for n in names):
+        raise WorkbenchError("attention patterns of prompts of different lengths cannot be stacked (their key axes "
+                             "differ): cache them for prompts of one length")
     out: dict[str, list[Tensor]] = defaultdict(list)
     order: list[int] = []
     by_len: dict[int, list[int]] = defaultdict(list)
@@ -87,7 +108,7 @@ def cache_activations(
             if not order:
                 names = _fired(names, cache.cache_dict, hooks)
             for name in names:
-                out[name].append(_select(cache[name], positions).cpu())
+                out[name].append(_select(name, cache[name], positions).cpu())
             order += chunk
     inverse = torch.argsort(torch.tensor(order))  # back to the caller's prompt order
     return {name: torch.cat(parts)[inverse] for name, parts in out.items()}

@@ -114,9 +114,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
             rows = read_jsonl(args.dataset)
         except ValueError as e:
             raise WorkbenchError(f"{args.dataset} is not JSONL: {e}") from None
-        missing = [i for i, r in enumerate(rows) if "prompt" not in r]
+        missing = [i for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
         if missing:
-            raise WorkbenchError(f"{args.dataset}: rows {missing[:5]} have no 'prompt' field")
+            raise WorkbenchError(f"{args.dataset}: rows {missing[:5]} are not objects with a string 'prompt' field")
         texts = [r["prompt"] + (r.get("completion", "") if args.text == "full" else "") for r in rows]
     else:
         samples = make_samples(args.task, args.n, tuple(args.digits), args.split, args.seed)

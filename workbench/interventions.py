@@ -54,14 +54,14 @@ def _index(name: str, act: Tensor, positions: Positions, heads: Sequence[int] | 
     if name.endswith(PATTERN_HOOKS):  # [batch head query key]: positions select queries
         head_idx = slice(None) if heads is None else list(heads)
         if heads is not None and not isinstance(pos, slice):
-            return (slice(None), torch.tensor(head_idx)[:, None], torch.tensor(pos)[None, :])
+            return (slice(None), torch.tensor(head_idx, dtype=torch.long)[:, None], torch.tensor(pos, dtype=torch.long)[None, :])
         return (slice(None), head_idx, pos)
     if heads is None:
         return (slice(None), pos)
     if isinstance(pos, slice):
         return (slice(None), pos, list(heads))
     # Two index lists would be zipped by advanced indexing; broadcast them into a grid instead.
-    return (slice(None), torch.tensor(pos)[:, None], torch.tensor(list(heads))[None, :])
+    return (slice(None), torch.tensor(pos, dtype=torch.long)[:, None], torch.tensor(list(heads), dtype=torch.long)[None, :])
 
 
 @contextmanager
@@ -165,6 +165,8 @@ def steer(
 def mean_activation(model: HookedTransformer, tokens: Tensor, name: str, per_position: bool = True) -> Tensor:
     """Mean of activation ``name`` over a batch of prompts (per position, or over positions too)."""
     check_hook(model, name)
+    if not per_position and name.endswith(PATTERN_HOOKS):
+        raise WorkbenchError(f"{name} is [batch head query key]: take its per-position mean (per_position=True)")
     _, cache = model.run_with_cache(tokens, names_filter=name)
     act = cache[name]
     return act.mean(0) if per_position else act.mean((0, 1))

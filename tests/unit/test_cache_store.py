@@ -62,3 +62,23 @@ def test_refuses_to_mix_caches_and_unknown_hooks(model, tmp_path):
         CacheReader(tmp_path)["blocks.0.hook_mlp_out", 0]
     with pytest.raises(IndexError):
         CacheReader(tmp_path)[HOOKS[0], 7]
+
+
+def test_bad_inputs_are_user_errors(model, tmp_path):
+    with pytest.raises(WorkbenchError, match="longer than the context"):
+        write_cache(model, "tiny", ["1" * 100], HOOKS, tmp_path / "a", progress=False)
+    with pytest.raises(WorkbenchError, match="one token length"):
+        write_cache(model, "tiny", ["1+2=", "12+34="], HOOKS, tmp_path / "b", positions=None, progress=False)
+    with pytest.raises(WorkbenchError, match="do not exist"):
+        write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path / "c", positions=-200, progress=False)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "manifest.json").write_text("{not json")
+    with pytest.raises(WorkbenchError, match="not valid JSON"):
+        write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path / "d", progress=False)
+
+
+def test_glob_drops_hooks_that_never_fire(model, tmp_path):
+    # hook_q/k/v/z fire; hook_result exists but does not fire without use_attn_result
+    write_cache(model, "tiny", PROMPTS, "blocks.0.attn.hook_[qkvzr]*", tmp_path, progress=False)
+    reader = CacheReader(tmp_path)
+    assert "blocks.0.attn.hook_z" in reader.hooks and "blocks.0.attn.hook_result" not in reader.hooks

@@ -26,3 +26,9 @@ def test_checks_pass_and_fail():
     assert result == {"accuracy": True, "corrupted.follows_corrupted_cot": False}
     with pytest.raises(KeyError):
         checks("adder-cot-faithful", {"accuracy": {"rate": 1.0}})
+
+
+def test_a_rate_over_no_samples_fails_its_check():
+    metrics = {"accuracy": {"rate": 1.0}, "corrupted": {"follows_corrupted_cot": {"rate": None}}}
+    result = {c["metric"]: c["pass"] for c in checks("adder-cot-faithful", metrics)}
+    assert result["corrupted.follows_corrupted_cot"] is False

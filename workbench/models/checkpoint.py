@@ -42,7 +42,7 @@ def weights_sha256(model: HookedTransformer) -> str:
         t = tensor.detach().cpu().contiguous()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
+        h.update(t.flatten().view(torch.uint8).numpy().tobytes())  # raw bytes: works for bf16 too
     return h.hexdigest()
 
 
@@ -109,6 +109,8 @@ def load_checkpoint(directory: str | Path, device: str | None = None) -> HookedT
             refuse_pickle(directory / pickles[0])
         raise WorkbenchError(f"{directory} has config.json but no model.safetensors")
     config = json.loads((directory / "config.json").read_text())
+    if "hooked_transformer_config" not in config:
+        raise WorkbenchError(f"{directory}/config.json has no hooked_transformer_config")
     cfg = config_from_json(config["hooked_transformer_config"], device)
     tokenizer = load_tokenizer(directory) if (directory / "tokenizer.json").is_file() else None
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)

@@ -74,10 +74,15 @@ def load_hf_dir(path: str | Path, device: str | None = None, fold_ln: bool = Tru
     problem = _hf_dir_problem(path)
     if problem:
         raise WorkbenchError(f"{path} is not a Hugging Face model directory: {problem}")
-    hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True) if _has_tokenizer(path) else None
-    cfg = loading.get_pretrained_model_config(str(path), fold_ln=fold_ln, device=device or "cpu")
-    state_dict = loading.get_pretrained_state_dict(str(path), cfg, hf_model)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True) if _has_tokenizer(path) else None
+        cfg = loading.get_pretrained_model_config(str(path), fold_ln=fold_ln, device=device or "cpu")
+        state_dict = loading.get_pretrained_state_dict(str(path), cfg, hf_model)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as e:
+        raise WorkbenchError(f"cannot convert the Hugging Face model in {path} to TransformerLens "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); TransformerLens supports the "
+                             "architectures in transformer_lens.supported_models") from None
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
         state_dict, fold_ln=fold_ln, center_writing_weights=fold_ln, center_unembed=fold_ln, fold_value_biases=fold_ln
@@ -102,7 +107,7 @@ def _transformer_lens_name(spec: str, device: str | None) -> HookedTransformer:
         why = _hub_unreachable(official)
         if why is None:
             return HookedTransformer.from_pretrained(official, device=device)
-    except Exception as e:  # network, auth, cache: all mean the hub could not serve it
+    except OSError as e:  # network, auth and cache failures of huggingface_hub are all OSErrors
         why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     if why is not None:
         raise ModelNotFound(
@@ -145,8 +150,10 @@ def load_model(spec: str | Path, device: str | None = None) -> HookedTransformer
     if path.is_dir():
         if is_checkpoint_dir(path):
             return load_checkpoint(path, device)
-        tried.append("workbench checkpoint dir: config.json lacks \"format\": \"workbench-checkpoint\"")
         problem = _hf_dir_problem(path)
+        has_config = (path / "config.json").is_file()
+        tried.append("workbench checkpoint dir: " + ("config.json lacks \"format\": \"workbench-checkpoint\""
+                                                     if has_config else "no config.json"))
         if problem is None:
             return load_hf_dir(path, device)
         tried.append(f"Hugging Face dir: {problem}")

@@ -156,8 +156,9 @@ def checks(name: str, metrics: dict) -> list[dict]:
     ops: dict[str, Callable[[float, float], bool]] = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t}
     out = []
     for metric, (op, threshold) in TARGETS.get(name, {}).items():
-        value = lookup(metrics, metric)
-        out.append({"metric": metric, "target": f"{op} {threshold}", "value": value, "pass": ops[op](value, threshold)})
+        value = lookup(metrics, metric)  # None when no sample qualified (e.g. tiny n): a check that cannot pass
+        passed = value is not None and ops[op](value, threshold)
+        out.append({"metric": metric, "target": f"{op} {threshold}", "value": value, "pass": passed})
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -183,6 +184,8 @@ def train(
         if resume and (state_dir / "state" / "state.json").exists():
             step, history, seconds_before = _load_state(state_dir / "state", model, opt)
             log.info("resuming %s from step %d", recipe.name, step)
+        elif (state_dir / "state").exists():
+            shutil.rmtree(state_dir / "state")  # starting afresh: never let a later resume pick up stale state
         start_step = step
         state_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(recipe_json))

@@ -84,3 +84,17 @@ def test_recipe_json_round_trip_and_defaults_for_new_fields():
         assert Recipe.from_json(data) == recipe
         del data["train"]["bf16_autocast"]  # a card written before the field existed
         assert Recipe.from_json(data).train.bf16_autocast is False
+
+
+def test_fresh_start_discards_old_state(tmp_path):
+    train(tiny_recipe(), tmp_path / "s", progress=False)  # a finished run leaves its state
+    train(with_steps(tiny_recipe(), 20), tmp_path / "s", resume=False, progress=False, stop_after=2)  # killed early
+    _, summary = train(with_steps(tiny_recipe(), 20), tmp_path / "s", progress=False)
+    assert summary["resumed_from_step"] == 0  # nothing of the first recipe's state was resumed
+
+
+def test_digest_of_bf16_weights():
+    from tests.helpers import tiny_model
+
+    model = tiny_model()
+    assert weights_sha256(model.to(torch.bfloat16)) != weights_sha256(tiny_model())
