@@ -88,9 +88,13 @@ def write_cache(
             old = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as e:
             raise WorkbenchError(f"{manifest_path} is not valid JSON ({e}); delete the directory to start over") from None
-        if {k: old.get(k) for k in key} != key:
-            raise WorkbenchError(f"{out_dir} holds a cache of other prompts, hooks, positions or model; "
-                                 "choose another --out or delete it")
+        # The model is identified by its weights, not by the path it was loaded from ("./m" and "m" are one model).
+        differ = [k for k in key if k != "model" and old.get(k) != key[k]]
+        if old.get("model", {}).get("weights_sha256") != identity["weights_sha256"]:
+            differ.insert(0, "model weights")
+        if differ:
+            raise WorkbenchError(f"{out_dir} holds a cache with other {', '.join(differ)}; choose another --out "
+                                 "or delete it")
         manifest = old
     done = {s["start"] for s in manifest["shards"]}
     starts = list(range(0, len(prompts), shard_size))

@@ -39,19 +39,29 @@ def complete(
     batch_size: int = 512,
     seed: int | None = None,
 ) -> list[str]:
-    """The text each prompt's completion adds before the end-of-text token (greedy when temperature is 0)."""
+    """The text each prompt's completion adds before the end-of-text token (greedy when temperature is 0).
+
+    Sampling with a seed is reproducible for the same list of prompts; prompts are batched by token length, so
+    one prompt's sample depends on which other prompts share the call.
+    """
     if temperature < 0:
         raise WorkbenchError(f"temperature must be >= 0, got {temperature}")
     if max_new_tokens < 1:
         raise WorkbenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     tokens = validate_prompts(model, prompts, max_new_tokens)
-    if seed is not None:
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # a seed here must not reset the caller's global random state
+        if seed is not None:
+            torch.manual_seed(seed)
+        return _generate(model, tokens, max_new_tokens, temperature, batch_size)
+
+
+def _generate(model: HookedTransformer, tokens: list[torch.Tensor], max_new_tokens: int, temperature: float,
+              batch_size: int) -> list[str]:
     groups: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(tokens):
         groups[len(t)].append(i)
     eos = model.tokenizer.eos_token_id
-    out: list[str] = [""] * len(prompts)
+    out: list[str] = [""] * len(tokens)
     for length, idx in sorted(groups.items()):
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]

@@ -104,7 +104,12 @@ def mean_ablate(
     :func:`mean_activation`), indexed like the activation, so a per-position mean stays per-position."""
 
     def value(act: Tensor, idx: tuple) -> Tensor:
-        full = mean.to(act.device).expand(act.shape[1:]) if mean.dim() < act.dim() - 1 else mean.to(act.device)
+        try:
+            full = mean.to(act.device).expand(act.shape[1:])
+        except RuntimeError:
+            raise WorkbenchError(f"mean for {name} has shape {tuple(mean.shape)}, which does not broadcast to the "
+                                 f"activation's {tuple(act.shape[1:])} (a per-position mean needs prompts of the "
+                                 "same length)") from None
         return full.unsqueeze(0).expand_as(act)[idx]
 
     return intervene(model, name, value, positions, heads)

@@ -47,6 +47,8 @@ def logit_lens(
         check_text(model.tokenizer, prompt)
         tokens = model.to_tokens(prompt)
     else:
+        if prompt.dim() > 2 or (prompt.dim() == 2 and prompt.shape[0] != 1):
+            raise WorkbenchError(f"logit_lens reads one prompt: tokens of shape [pos] or [1, pos], got {tuple(prompt.shape)}")
         tokens = prompt.reshape(1, -1)
     if not 1 <= k <= model.cfg.d_vocab:
         raise WorkbenchError(f"k must be in 1..{model.cfg.d_vocab}, got {k}")

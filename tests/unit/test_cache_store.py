@@ -82,3 +82,10 @@ def test_glob_drops_hooks_that_never_fire(model, tmp_path):
     write_cache(model, "tiny", PROMPTS, "blocks.0.attn.hook_[qkvzr]*", tmp_path, progress=False)
     reader = CacheReader(tmp_path)
     assert "blocks.0.attn.hook_z" in reader.hooks and "blocks.0.attn.hook_result" not in reader.hooks
+
+
+def test_resume_is_keyed_by_weights_not_by_the_path_typed(model, tmp_path):
+    write_cache(model, "./tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, progress=False)
+    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, progress=False)  # same model: accepted
+    with pytest.raises(WorkbenchError, match="other model weights"):
+        write_cache(tiny_model(seed=99), "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, progress=False)

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from tests.helpers import tiny_model
 from workbench.errors import WorkbenchError
@@ -29,3 +30,12 @@ def test_bad_inputs_name_the_problem():
         complete(model, ["1" * 60], max_new_tokens=10)
     with pytest.raises(WorkbenchError, match="temperature"):
         complete(model, ["1+1="], temperature=-1)
+
+
+def test_seeded_sampling_leaves_the_global_rng_alone():
+    model = tiny_model(seed=5)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    complete(model, ["1+2="], 4, temperature=1.0, seed=9)
+    assert torch.equal(torch.rand(3), expected)

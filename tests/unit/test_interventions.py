@@ -118,3 +118,12 @@ def test_unknown_hook_names_the_closest(model):
         with zero_ablate(model, "blocks.0.hook_resid_post", heads=[0]):
             model(model.to_tokens("1+1="))
     assert no_hooks_left(model)
+
+
+def test_mean_of_another_length_is_a_clear_error(model, pair):
+    clean, _ = pair
+    mean = mean_activation(model, model.to_tokens(["1+2="]), "blocks.0.hook_mlp_out")  # 5 positions, not 7
+    with pytest.raises(ValueError, match="does not broadcast"):
+        with mean_ablate(model, "blocks.0.hook_mlp_out", mean):
+            model(clean)
+    assert no_hooks_left(model)

@@ -33,3 +33,8 @@ def test_bad_inputs(model):
         logit_lens(model, "36*59=")
     with pytest.raises(WorkbenchError, match="target token ids"):
         logit_lens(model, "1+1=", target=10_000)
+
+
+def test_one_prompt_only(model):
+    with pytest.raises(WorkbenchError, match="one prompt"):
+        logit_lens(model, model.to_tokens(["1+2=", "3+4="]))
