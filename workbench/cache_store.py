@@ -28,11 +28,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.caching import cache_activations, resolve_hooks, tokenize_checked
+from workbench.caching import cache_tokens, resolve_hooks
 from workbench.errors import WorkbenchError
 from workbench.interventions import Positions
 from workbench.io import atomic_write, write_json
 from workbench.models.checkpoint import weights_sha256
+from workbench.models.tokenizer import tokenize_prompts
 
 log = logging.getLogger(__name__)
 FORMAT = "workbench-activation-cache"
@@ -73,7 +74,7 @@ def write_cache(
         raise WorkbenchError("positions must be an int, a list of ints counted from the end, or None; not a slice")
     if out_dir.exists() and not out_dir.is_dir():
         raise WorkbenchError(f"--out {out_dir} is a file; a cache is a directory")
-    toks = tokenize_checked(model, prompts)  # validates every prompt before anything is written
+    toks = tokenize_prompts(model, list(prompts))  # validates every prompt before anything is written
     if positions is None and len({len(t) for t in toks}) > 1:
         raise WorkbenchError("positions=None (all) needs prompts of one token length; use positions from the end")
     names = resolve_hooks(model, hooks)
@@ -103,10 +104,9 @@ def write_cache(
     for start in starts:
         if start in done:
             continue
-        chunk = list(prompts[start : start + shard_size])
-        # The user's patterns, not the expanded names: hooks a glob matched that never fire are dropped.
-        acts = cache_activations(model, chunk, hooks, positions, batch_size)
         chunk_toks = toks[start : start + shard_size]
+        # The user's patterns, not the expanded names: hooks a glob matched that never fire are dropped.
+        acts = cache_tokens(model, chunk_toks, hooks, positions, batch_size)
         lengths = torch.tensor([len(t) for t in chunk_toks])
         padded = torch.full((len(chunk_toks), int(lengths.max())), model.tokenizer.pad_token_id or 0, dtype=torch.long)
         for i, t in enumerate(chunk_toks):
@@ -116,11 +116,11 @@ def write_cache(
         atomic_write(out_dir / file, lambda p: save_file(tensors, str(p)))
         manifest["shapes"] = {name: list(a.shape[1:]) for name, a in acts.items()}
         manifest["dtype"] = str(next(iter(acts.values())).dtype).removeprefix("torch.")
-        manifest["shards"].append({"file": file, "start": start, "count": len(chunk)})
+        manifest["shards"].append({"file": file, "start": start, "count": len(chunk_toks)})
         manifest["shards"].sort(key=lambda s: s["start"])
         manifest["complete"] = len(manifest["shards"]) == len(starts)
         write_json(manifest_path, manifest)
-        bar.update(len(chunk))
+        bar.update(len(chunk_toks))
     bar.close()
     if not starts:
         raise WorkbenchError("no prompts to cache")

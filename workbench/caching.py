@@ -17,7 +17,7 @@ from transformer_lens import HookedTransformer
 
 from workbench.errors import WorkbenchError
 from workbench.interventions import PATTERN_HOOKS, Positions
-from workbench.models.tokenizer import check_text
+from workbench.models.tokenizer import tokenize_prompts
 
 
 def resolve_hooks(model: HookedTransformer, patterns: str | Sequence[str]) -> list[str]:
@@ -53,22 +53,6 @@ def _fired(names: list[str], cached: dict, requested: str | Sequence[str]) -> li
     return [n for n in names if n in cached]
 
 
-def tokenize_checked(model: HookedTransformer, prompts: Sequence[str]) -> list[Tensor]:
-    """Token ids of each prompt, refusing characters outside the vocabulary and prompts beyond the context
-    (never truncating silently: position -1 must be the prompt's real last token)."""
-    out = []
-    for p in prompts:
-        if not isinstance(p, str):
-            raise WorkbenchError(f"prompts must be strings, got {type(p).__name__}: {p!r}")
-        check_text(model.tokenizer, p)
-        t = model.to_tokens(p, truncate=False)[0]
-        if len(t) > model.cfg.n_ctx:
-            raise WorkbenchError(f"prompt of {len(t)} tokens is longer than the context ({model.cfg.n_ctx}): {p[:40]!r}...")
-        out.append(t)
-    return out
-
-
-@torch.inference_mode()
 def cache_activations(
     model: HookedTransformer,
     prompts: Sequence[str],
@@ -81,10 +65,23 @@ def cache_activations(
     Prompts of one call must tokenize to the same length unless ``positions`` picks positions counted from
     the end (e.g. ``-1``), which are aligned whatever the length.
     """
+    return cache_tokens(model, tokenize_prompts(model, list(prompts)), hooks, positions, batch_size)
+
+
+@torch.inference_mode()
+def cache_tokens(
+    model: HookedTransformer,
+    toks: list[Tensor],
+    hooks: str | Sequence[str],
+    positions: Positions = None,
+    batch_size: int = 256,
+) -> dict[str, Tensor]:
+    """:func:`cache_activations` for prompts already tokenized (one 1-D tensor of ids per prompt)."""
     names = resolve_hooks(model, hooks)
     if isinstance(positions, slice):
         raise WorkbenchError("positions must be an int, a list of ints, or None; not a slice")
-    toks = tokenize_checked(model, prompts)
+    if not toks:
+        raise WorkbenchError("no prompts to cache")
     lengths = {len(t) for t in toks}
     pos_list = [] if positions is None else [positions] if isinstance(positions, int) else list(positions)
     from_end = positions is not None and all(i < 0 for i in pos_list)

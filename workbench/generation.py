@@ -12,22 +12,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from workbench.errors import WorkbenchError
-from workbench.models.tokenizer import check_text
-
-
-def validate_prompts(model: HookedTransformer, prompts: list[str], max_new_tokens: int) -> list[torch.Tensor]:
-    """Tokenize prompts, refusing characters outside the vocabulary and prompts that cannot fit the context."""
-    out = []
-    for prompt in prompts:
-        check_text(model.tokenizer, prompt)
-        toks = model.to_tokens(prompt, truncate=False)[0]
-        if len(toks) + max_new_tokens > model.cfg.n_ctx:
-            raise WorkbenchError(
-                f"prompt is {len(toks)} tokens; with max_new_tokens={max_new_tokens} it needs "
-                f"{len(toks) + max_new_tokens} positions, the model's context is {model.cfg.n_ctx}"
-            )
-        out.append(toks)
-    return out
+from workbench.models.tokenizer import tokenize_prompts
 
 
 @torch.inference_mode()
@@ -48,7 +33,7 @@ def complete(
         raise WorkbenchError(f"temperature must be >= 0, got {temperature}")
     if max_new_tokens < 1:
         raise WorkbenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    tokens = validate_prompts(model, prompts, max_new_tokens)
+    tokens = tokenize_prompts(model, prompts, reserve=max_new_tokens)
     with torch.random.fork_rng(devices=[]):  # a seed here must not reset the caller's global random state
         if seed is not None:
             torch.manual_seed(seed)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,9 +24,6 @@ from transformer_lens import HookedTransformer
 from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import PICKLE_SUFFIXES, is_checkpoint_dir, load_checkpoint, refuse_pickle
 from workbench.models.zoo import RECIPES, organism_dir
-
-log = logging.getLogger(__name__)
-
 
 class ModelNotFound(WorkbenchError):
     """No form of model spec matched."""

@@ -7,8 +7,6 @@ import logging
 import time
 from pathlib import Path
 
-from transformer_lens import HookedTransformer
-
 from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import save_checkpoint, weights_sha256
 from workbench.models.organism_eval import evaluate

@@ -11,11 +11,16 @@ from __future__ import annotations
 import string
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from transformer_lens import HookedTransformer
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
@@ -84,3 +89,21 @@ def check_text(tokenizer: PreTrainedTokenizerBase, text: str) -> None:
         where = ", ".join(f"{ch!r} at position {text.index(ch)}" for ch in bad)
         shown = "".join(sorted(allowed))
         raise OutOfVocabulary(f"not in the vocabulary: {where}; allowed characters: {shown!r}")
+
+
+def tokenize_prompts(model: HookedTransformer, prompts: list[str], reserve: int = 0) -> list[Tensor]:
+    """Each prompt's token ids, refusing non-strings, characters outside the vocabulary, and prompts that with
+    ``reserve`` more positions (tokens to generate) exceed the context. Never truncates: position -1 must be the
+    prompt's real last token."""
+    out = []
+    for prompt in prompts:
+        if not isinstance(prompt, str):
+            raise WorkbenchError(f"prompts must be strings, got {type(prompt).__name__}: {prompt!r}")
+        check_text(model.tokenizer, prompt)
+        toks = model.to_tokens(prompt, truncate=False)[0]
+        if len(toks) + reserve > model.cfg.n_ctx:
+            extra = f"; with {reserve} tokens to generate it needs {len(toks) + reserve} positions" if reserve else ""
+            raise WorkbenchError(f"prompt {prompt[:40]!r} is {len(toks)} tokens{extra}, longer than the context: "
+                                 f"the model's context is {model.cfg.n_ctx}")
+        out.append(toks)
+    return out
