@@ -33,6 +33,7 @@ def _bounded(cast, ok, what: str):
 
 _positive_int = _bounded(int, lambda v: v >= 1, "a positive integer")
 _non_negative_float = _bounded(float, lambda v: v >= 0, "a number >= 0")
+_positive_float = _bounded(float, lambda v: v > 0, "a number > 0")
 
 
 def cmd_organisms_list(args: argparse.Namespace) -> int:
@@ -129,6 +130,89 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lens(args: argparse.Namespace) -> int:
+    from workbench.lens import logit_lens
+    from workbench.models.loader import load_model
+    from workbench.models.tokenizer import check_text
+    from workbench.reports import write_lens
+
+    model = load_model(args.model)
+    check_text(model.tokenizer, args.prompt)
+    target = None
+    if args.target is not None:
+        ids = model.tokenizer.encode(args.target, add_special_tokens=False)
+        if len(ids) != 1:
+            raise WorkbenchError(f"--target must be one token; {args.target!r} is {len(ids)} tokens")
+        target = ids[0]
+    if args.tuned is None:
+        readout, kind = logit_lens(model, args.prompt, target, k=args.k), "logit"
+    else:
+        from workbench.tuned_lens import load_tuned_lens, tuned_lens_readout
+
+        readout, kind = tuned_lens_readout(model, load_tuned_lens(args.tuned, model), args.prompt, target, k=args.k), "tuned"
+    summary = write_lens(model, readout, model.to_str_tokens(args.prompt), args.out, kind, args.target)
+    print(json.dumps({"out": str(args.out), **{k: summary[k] for k in ("lens", "final_top1", "files")}}, indent=2))
+    return 0
+
+
+def cmd_tuned_lens(args: argparse.Namespace) -> int:
+    from workbench.cache_store import CacheReader
+    from workbench.models.loader import load_model
+    from workbench.tuned_lens import save_tuned_lens, train_tuned_lens
+
+    model = load_model(args.model)
+    lens, report = train_tuned_lens(model, CacheReader(args.cache), steps=args.steps, lr=args.lr,
+                                    batch_size=args.batch_size, seed=args.seed)
+    save_tuned_lens(lens, args.out, report)
+    print(json.dumps({"out": str(args.out), "held_out_kl": report}, indent=2))
+    return 0
+
+
+def _site(text: str) -> tuple[int, int]:
+    try:
+        layer, pos = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAYER:POSITION (two integers), got {text!r}") from None
+    return layer, pos
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from probes.linear import ProbeConfig
+    from probes.study import run_probe_study
+    from workbench.models.loader import load_model
+
+    model = load_model(args.model)
+    summary = run_probe_study(model, args.out, args.digits, args.n, args.text, args.variables, args.causal or (),
+                              args.site, args.scale, ProbeConfig(ridge=args.ridge, seed=args.seed))
+    print(json.dumps({"out": str(args.out), **summary}, indent=2))
+    return 0
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from workbench.models.loader import load_model
+    from workbench.reports import run_patching
+    from workbench.tasks.pairs import make_pairs
+
+    if (args.clean is None) != (args.corrupt is None):
+        raise WorkbenchError("--clean and --corrupt go together (one each per pair)")
+    if args.clean is not None:
+        if len(args.clean) != len(args.corrupt):
+            raise WorkbenchError(f"{len(args.clean)} --clean prompts but {len(args.corrupt)} --corrupt prompts")
+        clean, corrupt = args.clean, args.corrupt
+    else:
+        clean, corrupt = make_pairs(args.pairs, args.n, args.digits, args.seed)
+    model = load_model(args.model)
+    from workbench.models.tokenizer import tokenize_prompts
+
+    lengths = {len(t) for t in tokenize_prompts(model, list(clean) + list(corrupt))}
+    if len(lengths) > 1:
+        raise WorkbenchError(f"patching aligns positions: every clean and corrupted prompt must have one token "
+                             f"length, got lengths {sorted(lengths)}")
+    summary = run_patching(model, clean, corrupt, args.sweeps, args.out)
+    print(json.dumps({"out": str(args.out), **summary}, indent=2))
+    return 0
+
+
 def cmd_tasks_export(args: argparse.Namespace) -> int:
     from workbench.tasks.export import export_jsonl
 
@@ -190,6 +274,56 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shard-size", type=_positive_int, default=4096, help="prompts per shard file")
     c.add_argument("--batch-size", type=_positive_int, default=256, help="prompts per forward pass")
     c.set_defaults(fn=cmd_cache)
+
+    lens = sub.add_parser("lens", help="logit or tuned lens of one prompt: Parquet table + heatmap")
+    lens.add_argument("model", help="organism name, checkpoint dir, local HF dir or TransformerLens name")
+    lens.add_argument("prompt", help="the prompt, e.g. '36+59='")
+    lens.add_argument("--tuned", type=Path, help="a tuned lens directory (from `workbench tuned-lens`); default: logit lens")
+    lens.add_argument("--target", help="a token whose probability and rank to track at every layer and position")
+    lens.add_argument("--k", type=_positive_int, default=5, help="top tokens kept per cell")
+    lens.add_argument("--out", type=Path, required=True, help="output directory")
+    lens.set_defaults(fn=cmd_lens)
+
+    tl = sub.add_parser("tuned-lens", help="train a tuned lens on an activation cache (see `workbench cache`)")
+    tl.add_argument("model", help="the model the cache was made from")
+    tl.add_argument("--cache", type=Path, required=True,
+                    help="cache dir with every blocks.L.hook_resid_pre and the last hook_resid_post")
+    tl.add_argument("--out", type=Path, required=True, help="output directory (safetensors + config.json)")
+    tl.add_argument("--steps", type=_positive_int, default=500)
+    tl.add_argument("--lr", type=_positive_float, default=1e-3)
+    tl.add_argument("--batch-size", type=_positive_int, default=512)
+    tl.add_argument("--seed", type=int, default=0)
+    tl.set_defaults(fn=cmd_tuned_lens)
+
+    pr = sub.add_parser("probe", help="linear probes of the task variables per layer x position, with control "
+                                      "tasks and causal checks")
+    pr.add_argument("model", help="organism name, checkpoint dir, local HF dir or TransformerLens name")
+    pr.add_argument("--text", choices=["prompt", "direct", "cot"], default="prompt",
+                    help="probe the prompt, the prompt + direct answer, or the prompt + written CoT")
+    pr.add_argument("--digits", type=_bounded(int, lambda v: 1 <= v <= 5, "an integer in 1..5"), default=3,
+                    help="operand digits (all prompts share one shape so positions align)")
+    pr.add_argument("--n", type=_bounded(int, lambda v: v >= 20, "an integer >= 20"), default=1500, help="prompts")
+    pr.add_argument("--variables", nargs="+", help="variables to probe (default: all, e.g. a0 b0 total0 carry0 ans0 answer)")
+    pr.add_argument("--causal", nargs="+", help="variables to check causally (e.g. carry1 ans2)")
+    pr.add_argument("--site", type=_site, help="LAYER:POSITION for the causal check (default: most selective site)")
+    pr.add_argument("--scale", type=_positive_float, default=1.0, help="multiple of the class-mean push")
+    pr.add_argument("--ridge", type=_positive_float, default=1.0, help="L2 penalty of the ridge probes")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--out", type=Path, required=True, help="output directory")
+    pr.set_defaults(fn=cmd_probe)
+
+    pa = sub.add_parser("patch", help="activation and attribution patching of clean/corrupted prompt pairs")
+    pa.add_argument("model", help="organism name, checkpoint dir, local HF dir or TransformerLens name")
+    pa.add_argument("--pairs", choices=["operand", "cot-step", "hint"], default="operand",
+                    help="generated pair set (ignored with --clean/--corrupt)")
+    pa.add_argument("--clean", action="append", help="a clean prompt (repeatable; pairs with --corrupt in order)")
+    pa.add_argument("--corrupt", action="append", help="a corrupted prompt of the same token length")
+    pa.add_argument("--n", type=_positive_int, default=32, help="generated pairs")
+    pa.add_argument("--digits", type=_bounded(int, lambda v: 1 <= v <= 5, "an integer in 1..5"), default=3)
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--sweeps", nargs="+", choices=["resid", "mlp", "heads", "head-pos"], default=["resid", "heads"])
+    pa.add_argument("--out", type=Path, required=True, help="output directory")
+    pa.set_defaults(fn=cmd_patch)
 
     tasks = sub.add_parser("tasks", help="task data").add_subparsers(dest="action", required=True)
     x = tasks.add_parser("export", help="write task samples as JSONL (prompt, completion, meta)")

@@ -66,3 +66,18 @@ def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def write_parquet(path: str | Path, rows: list[dict]) -> Path:
+    """A tidy table (one dict per row, same keys) as Parquet, atomically; pandas/polars/duckdb read it as is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows)
+    return atomic_write(path, lambda p: pq.write_table(table, p))
+
+
+def read_parquet(path: str | Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()

@@ -1,8 +1,8 @@
 """Logit lens: read the residual stream after each layer through the final LayerNorm and the unembedding.
 
 Built on TransformerLens's ``ActivationCache.accumulated_resid(apply_ln=True)``, which applies the final
-LayerNorm with the scale cached at the final layer (nostalgebraist 2020), so the last row equals the model's own
-logits exactly.
+LayerNorm to each layer's stream with a scale computed from that stream (nostalgebraist 2020), so the last row
+equals the model's own logits exactly. The tuned lens (:mod:`workbench.tuned_lens`) starts from this readout.
 """
 
 from __future__ import annotations
@@ -50,18 +50,24 @@ def logit_lens(
         if prompt.dim() > 2 or (prompt.dim() == 2 and prompt.shape[0] != 1):
             raise WorkbenchError(f"logit_lens reads one prompt: tokens of shape [pos] or [1, pos], got {tuple(prompt.shape)}")
         tokens = prompt.reshape(1, -1)
-    if not 1 <= k <= model.cfg.d_vocab:
-        raise WorkbenchError(f"k must be in 1..{model.cfg.d_vocab}, got {k}")
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_resid_pre", "hook_resid_post", "hook_scale")))
     resid, labels = cache.accumulated_resid(apply_ln=True, return_labels=True)  # [layer, batch, pos, d_model]
-    log_probs = (model.unembed(resid[:, 0])).log_softmax(-1)  # [layer, pos, d_vocab]
+    return readout_from_log_probs(list(labels), model.unembed(resid[:, 0]).log_softmax(-1), target, k)
+
+
+def readout_from_log_probs(
+    labels: list[str], log_probs: Float[Tensor, "layer pos d_vocab"], target: int | Int[Tensor, " pos"] | None, k: int
+) -> LensReadout:
+    """Top-k tokens and the target's probability and rank of each row of a lens's log-probs."""
+    d_vocab = log_probs.shape[-1]
+    if not 1 <= k <= d_vocab:
+        raise WorkbenchError(f"k must be in 1..{d_vocab}, got {k}")
     top = log_probs.topk(k, dim=-1)
     target_prob = target_rank = None
     if target is not None:
         t = torch.as_tensor(target, device=log_probs.device).expand(log_probs.shape[1])
-        if not ((0 <= t) & (t < model.cfg.d_vocab)).all():
-            raise WorkbenchError(f"target token ids must be in 0..{model.cfg.d_vocab - 1}")
+        if not ((0 <= t) & (t < d_vocab)).all():
+            raise WorkbenchError(f"target token ids must be in 0..{d_vocab - 1}")
         lp_t = log_probs.gather(-1, t.expand(log_probs.shape[0], -1).unsqueeze(-1)).squeeze(-1)
-        target_prob = lp_t.exp()
-        target_rank = (log_probs > lp_t.unsqueeze(-1)).sum(-1)
+        target_prob, target_rank = lp_t.exp(), (log_probs > lp_t.unsqueeze(-1)).sum(-1)
     return LensReadout(list(labels), log_probs, top.indices, top.values.exp(), target_prob, target_rank)

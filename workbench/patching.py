@@ -17,6 +17,7 @@ import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
@@ -63,11 +64,14 @@ def _sweep_layer(
     return out
 
 
+@torch.inference_mode()
 def _sweep(model, clean, corrupt, metric, hook_of_layer, site_grid, max_batch) -> Tensor:
     _check_pair(clean, corrupt)
     names = [hook_of_layer(layer) for layer in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(clean, names_filter=names)
-    rows = [_sweep_layer(model, corrupt, n, cache[n], [site for site, _ in site_grid], metric, max_batch) for n in names]
+    sites = [site for site, _ in site_grid]
+    rows = [_sweep_layer(model, corrupt, n, cache[n], sites, metric, max_batch)
+            for n in tqdm(names, desc=f"patch {hook_of_layer('*')}", unit="layer", leave=False)]
     shape = site_grid[-1][1]
     return torch.stack(rows).reshape(model.cfg.n_layers, *shape)
 
@@ -149,3 +153,24 @@ def correlation(a: Tensor, b: Tensor) -> float:
     denom = a.norm() * b.norm()
     return float((a @ b) / denom) if denom > 0 else float("nan")
 
+
+
+@torch.no_grad()  # not inference_mode: the kept tokens feed attribution patching's backward pass
+def prediction_logit_diff(
+    model: HookedTransformer, clean: Int[Tensor, "batch pos"], corrupt: Int[Tensor, "batch pos"]
+) -> tuple[Metric, Int[Tensor, "kept pos"], Int[Tensor, "kept pos"]]:
+    """The usual patching metric for any pair set: at the last position, the logit of the clean run's predicted
+    token minus that of the corrupted run's. Pairs whose two runs predict the same token carry no signal and are
+    dropped; returns the metric and the kept pairs."""
+    _check_pair(clean, corrupt)
+    good, bad = model(clean)[:, -1].argmax(-1), model(corrupt)[:, -1].argmax(-1)
+    keep = good != bad
+    if not keep.any():
+        raise WorkbenchError("the clean and corrupted prompts predict the same next token in every pair: nothing to patch")
+    good, bad = good[keep, None], bad[keep, None]
+
+    def metric(logits: Tensor) -> Tensor:
+        last = logits[:, -1]
+        return (last.gather(1, good) - last.gather(1, bad)).mean()
+
+    return metric, clean[keep], corrupt[keep]

@@ -99,3 +99,33 @@ def test_cache_command_bad_input(ckpt, tmp_path, capsys, extra, expected):
         argv += ["--hooks", "blocks.0.hook_resid_post"]
     assert main(argv) == 2
     assert expected in _error_line(capsys)
+
+
+def test_lens_probe_and_patch_commands(ckpt, tmp_path, capsys):
+    assert main(["lens", str(ckpt), "12+34=", "--target", "4", "--out", str(tmp_path / "lens")]) == 0
+    assert (tmp_path / "lens" / "lens.parquet").exists() and (tmp_path / "lens" / "logit_lens.png").exists()
+    assert main(["probe", str(ckpt), "--digits", "2", "--n", "60", "--variables", "carry0", "ans1",
+                 "--causal", "ans1", "--out", str(tmp_path / "probe")]) == 0
+    assert (tmp_path / "probe" / "probes.parquet").exists() and (tmp_path / "probe" / "figures" / "probe_ans1.html").exists()
+    assert main(["patch", str(ckpt), "--clean", "12+34", "--corrupt", "12+39", "--clean", "51+22",
+                 "--corrupt", "51+27", "--sweeps", "resid", "--out", str(tmp_path / "patch")]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["lens", "{ckpt}", "12+34=", "--target", "12", "--out", "{tmp}/l"], "one token"),
+        (["lens", "{ckpt}", "12*34=", "--out", "{tmp}/l"], "'*' at position 2"),
+        (["probe", "{ckpt}", "--digits", "2", "--n", "40", "--variables", "carry9", "--out", "{tmp}/p"], "unknown variables"),
+        (["probe", "{ckpt}", "--digits", "2", "--n", "40", "--causal", "answer", "--out", "{tmp}/p"], "column variable"),
+        (["probe", "{ckpt}", "--digits", "2", "--n", "40", "--causal", "ans1", "--site", "9:0", "--out", "{tmp}/p"], "outside layers"),
+        (["patch", "{ckpt}", "--clean", "12+34=", "--out", "{tmp}/q"], "go together"),
+        (["patch", "{ckpt}", "--clean", "12+34=", "--corrupt", "12+345=", "--out", "{tmp}/q"], "one token length"),
+        (["tuned-lens", "{ckpt}", "--cache", "{tmp}", "--out", "{tmp}/t"], "manifest"),
+    ],
+)
+def test_toolkit_commands_bad_input(ckpt, tmp_path, capsys, argv, expected):
+    argv = [a.replace("{ckpt}", str(ckpt)).replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    assert expected in _error_line(capsys)
