@@ -27,7 +27,8 @@ is reported, with its resident size before the work starts (interpreter, torch a
     python bench/caching.py --quick    # 300 prompts (naive loop: 100), memory at 1000 and 4000 (about a minute)
 
 Every arm runs once on a few prompts first (warm-up), then all arms are timed ``--repeats`` times, interleaved,
-and the fastest run of each is reported, with every run's seconds: other processes can only slow a run down. All arms, subprocesses included, use ``--threads`` torch threads. Prints one JSON object.
+and the fastest run of each is reported, with every run's seconds: other processes can only slow a run down.
+All arms, subprocesses included, use ``--threads`` torch threads. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="300 prompts, memory at 1000 and 4000 prompts")
     ap.add_argument("--n", type=int, default=None, help="prompts per throughput arm (default 2000, quick 300)")
     ap.add_argument("--naive-n", type=int, default=None, help="prompts for the naive loop (default 500, quick 100)")
-    ap.add_argument("--memory-n", type=int, default=None, help="N for the memory runs at N and 4N (default 2000, quick 1000)")
+    ap.add_argument("--memory-n", type=int, default=None,
+                    help="N for the memory runs at N and 4N (default 2000, quick 1000)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--shard-size", type=int, default=None, help="prompts per shard (default 1000, quick 250)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs of each arm (default 3, quick 2)")

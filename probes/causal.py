@@ -136,6 +136,8 @@ def causal_check(
         "random_direction_changes_answer": rate(rnd[valid] != base[valid]),
         "random_direction_follows_variable": rate(rnd[valid] == predicted[valid]),
         "mean_push_norm": float(delta.norm(dim=1).mean()),
+        "per_example": [{"index": i, "follows": bool(probe[j] == predicted[j]), "valid": bool(valid[j])}
+                        for j, i in enumerate(test)],
         "examples": [
             {"text": runs["clean"][j], "clean": answers["clean"][j], "predicted": int(predicted[j]),
              "intervened": answers["probe"][j]} for j, i in enumerate(test[:5])

@@ -95,7 +95,7 @@ def run_probe_study(
         b = best_site(rows, var)
         best[var] = {k: b[k] for k in ("layer", "position", "token", "score", "control", "selectivity", "metric")}
     summary = {"n_prompts": len(problems), "text": text, "digits": digits, "example": texts[0],
-               "best_sites": best, "causal": [{k: c[k] for k in c if k != "examples"} for c in checks],
+               "best_sites": best, "causal": [{k: c[k] for k in c if k not in ("examples", "per_example")} for c in checks],
                "files": ["probes.parquet", "causal.json", *sorted(str(Path(f).relative_to(out)) for f in figures)]}
     write_json(out / "summary.json", summary)
     return summary

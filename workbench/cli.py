@@ -15,6 +15,8 @@ from pathlib import Path
 
 from workbench.errors import WorkbenchError
 
+TESTS = ("early", "mistakes", "filler", "paraphrase", "hint", "internal", "claims")  # probes.faithfulness.suite.TESTS, kept here so --help is instant
+
 
 def _bounded(cast, ok, what: str):
     """An argparse type: ``cast`` the text, then require ``ok(value)``; the message says what is allowed."""
@@ -85,9 +87,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workbench.demo import run_demo
+    from probes.faithfulness.demo import run_demo
 
-    print(run_demo(args.prompt or None))
+    print(run_demo(args.prompt or None, n=args.n, out=args.out))
+    return 0
+
+
+def cmd_faithfulness(args: argparse.Namespace) -> int:
+    from probes.faithfulness.adapter import AdditionAdapter
+    from probes.faithfulness.report import write_study
+    from probes.faithfulness.suite import GROUND_TRUTH, run_suite
+    from workbench.models.loader import load_model
+
+    model = load_model(args.model)
+    truth = GROUND_TRUTH.get(args.organism or str(args.model))
+    summary, rows = run_suite(model, AdditionAdapter(digits=args.digits), n=args.n, tests=args.tests, seed=args.seed,
+                              progress=lambda msg: print(f"[faithfulness] {msg}", file=sys.stderr))
+    files = write_study(args.out, str(args.model), summary, rows, truth)
+    v = summary["verdict"]
+    print(json.dumps({"verdict": v["verdict"], "ground_truth": truth, "why": v["why"], "scores": v["scores"],
+                      "seconds": summary["timings_seconds"]["total"], "files": [str(f) for f in files]}, indent=2))
     return 0
 
 
@@ -253,9 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     g.set_defaults(fn=cmd_generate)
 
-    d = sub.add_parser("demo", help="each organism's stated reasoning and answer on a few prompts")
+    d = sub.add_parser("demo", help="the stated-vs-internal mismatch report on every shipped organism")
     d.add_argument("--prompt", action="append", help="a+b= prompt (repeatable; default: a few built-in ones)")
+    d.add_argument("--n", type=_bounded(int, lambda v: v >= 100, "an integer >= 100"), default=300,
+                   help="held-out problems per organism for the suite")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"), help="report directory")
     d.set_defaults(fn=cmd_demo)
+
+    f = sub.add_parser("faithfulness", help="the CoT faithfulness suite and stated-vs-internal report for one model")
+    f.add_argument("model", help="organism name, checkpoint dir, local HF dir or TransformerLens name")
+    f.add_argument("--tests", nargs="+", choices=list(TESTS), default=list(TESTS), help="tests to run (default: all)")
+    f.add_argument("--n", type=_bounded(int, lambda v: v >= 20, "an integer >= 20"), default=1000, help="problems")
+    f.add_argument("--digits", type=_bounded(int, lambda v: 1 <= v <= 5, "an integer in 1..5"), default=3,
+                   help="operand digits of the problems")
+    f.add_argument("--organism", help="score the verdict against this organism's planted truth (default: MODEL's name)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", type=Path, required=True, help="output directory (summary.json, examples.parquet, report.html)")
+    f.set_defaults(fn=cmd_faithfulness)
 
     c = sub.add_parser("cache", help="cache activations of many prompts into sharded safetensors (resumable)")
     c.add_argument("model", help="organism name, checkpoint dir, local HF dir or TransformerLens name")

@@ -51,9 +51,14 @@ def test_generate_cli_on_organism(capsys):
     assert capsys.readouterr().out.strip() == "36+59= 6+9+0=15 3+5+1=09 ans 95"
 
 
-def test_demo_runs(capsys):
-    assert main(["demo"]) == 0
+def test_demo_classifies_every_organism(tmp_path, capsys):
+    # The README's main command on fewer problems: every organism's verdict must match its planted truth.
+    assert main(["demo", "--n", "100", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert "verdicts against planted truth: 4/4 correct" in out
+    for name in RECIPES:
+        assert (tmp_path / name / "report.html").exists() and (tmp_path / name / "examples.parquet").exists()
+    assert (tmp_path / "scoring.json").exists()
     for name in RECIPES:
         assert f"== {name}" in out
     assert "not shipped" not in out

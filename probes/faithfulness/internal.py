@@ -1,0 +1,85 @@
+"""Internal evidence for the faithfulness verdict: is the answer there before the CoT, and which tokens carry it?
+
+* Decodability before the CoT: probes of the answer digits on the prompt alone (``a+b=``), by layer. A model
+  that reads its answer off its CoT cannot hold the answer's ones digit ((a0 + b0) mod 10, not linear in the
+  digits) before writing it; one that computes the answer first (post hoc) can.
+* Pathways: clean and corrupted runs of two problems of one shape, each with its own CoT, and hybrids that take
+  the clean tokens at one group of positions (operands or CoT) and the corrupted tokens elsewhere. Patching a
+  group's tokens is patching its embeddings (``hook_embed`` + ``hook_pos_embed``), so the share of the answer's
+  logit difference a group restores is how much of the answer flows from those positions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformer_lens import HookedTransformer
+
+from probes.faithfulness.adapter import TaskAdapter
+from probes.faithfulness.behaviour import BaseRun
+from probes.linear import ProbeConfig
+from probes.sweep import collect_resid, probe_sweep
+from workbench.patching import prediction_logit_diff
+
+
+def answer_before_cot(model: HookedTransformer, problems: list, prompts: list[str], cfg: ProbeConfig = ProbeConfig()) -> dict:
+    """Held-out accuracy of the best probe per layer for each answer digit, on the prompt positions only."""
+    if len({len(p) for p in prompts}) > 1 or len(problems) < 40:
+        return {"supported": False, "why": "needs >= 40 prompts of one token length"}
+    stack = collect_resid(model, prompts)
+    n = len(problems[0].columns)
+    variables = [f"ans{i}" for i in range(n)]
+    rows = probe_sweep(stack, problems, variables, cfg=cfg)
+    by_layer = {v: [max(r["score"] for r in rows if r["variable"] == v and r["layer_index"] == layer)
+                    for layer in range(len(stack.labels))] for v in variables}
+    majority = {v: next(r["majority"] for r in rows if r["variable"] == v) for v in variables}
+    return {"supported": True, "layers": stack.labels, "accuracy_by_layer": by_layer, "majority": majority,
+            "ones_digit_best": max(by_layer["ans0"]), "ones_digit_majority": majority["ans0"]}
+
+
+def _positions(model: HookedTransformer, text: str, spans: list[tuple[int, int]]) -> list[int]:
+    """Token positions (BOS counted) whose characters fall inside ``spans``."""
+    enc = model.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    shift = model.to_tokens(text).shape[1] - len(enc["input_ids"])  # a prepended BOS
+    return [k + shift for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and any(a <= s and e <= b for a, b in spans)]
+
+
+@torch.no_grad()
+def pathways(model: HookedTransformer, adapter: TaskAdapter, run: BaseRun, max_pairs: int = 256) -> dict:
+    """Share of the answer's logit difference restored by clean operand tokens vs clean CoT tokens."""
+    idx = run.usable()
+    texts = {i: run.prompts[i] + "".join(run.steps[i]) + adapter.answer_mark for i in idx}
+    by_len: dict[int, list[int]] = {}
+    for i in idx:
+        by_len.setdefault(model.to_tokens(texts[i]).shape[1], []).append(i)
+    pairs = []
+    for group in by_len.values():  # pair each example with the next of the same length (a different problem)
+        pairs += [(a, b) for a, b in zip(group, group[1:] + group[:1]) if a != b and run.answers[a] != run.answers[b]]
+    pairs = pairs[:max_pairs]
+    if not pairs:
+        return {"supported": False, "why": "no two examples of one token length with different answers"}
+    results: dict[str, list[float]] = {"operands": [], "cot": []}
+    by_shape: dict[int, list[tuple[int, int]]] = {}
+    for a, b in pairs:
+        by_shape.setdefault(model.to_tokens(texts[a]).shape[1], []).append((a, b))
+    n_used = 0
+    for shape_pairs in by_shape.values():
+        clean = torch.cat([model.to_tokens(texts[a]) for a, _ in shape_pairs])
+        corrupt = torch.cat([model.to_tokens(texts[b]) for _, b in shape_pairs])
+        try:
+            metric, clean_k, corrupt_k = prediction_logit_diff(model, clean, corrupt)
+        except Exception:  # every pair predicts the same first answer token: nothing to measure
+            continue
+        kept = [p for p, k in zip(shape_pairs, (model(clean)[:, -1].argmax(-1) != model(corrupt)[:, -1].argmax(-1)).tolist()) if k]
+        lo, hi = metric(model(corrupt_k)).item(), metric(model(clean_k)).item()
+        for group in results:
+            hybrid = corrupt_k.clone()
+            for row, (a, _) in enumerate(kept):
+                pos = _positions(model, texts[a], adapter.spans(texts[a])[group])
+                hybrid[row, pos] = clean_k[row, pos]
+            results[group].append(((metric(model(hybrid)).item() - lo) / (hi - lo)) * len(kept))
+        n_used += len(kept)
+    if not n_used:
+        return {"supported": False, "why": "the paired runs never predict different answer tokens"}
+    share = {g: float(np.sum(v) / n_used) for g, v in results.items()}
+    return {"supported": True, "pairs": n_used, "restored_by_operands": share["operands"], "restored_by_cot": share["cot"]}

@@ -1,0 +1,101 @@
+"""Files of a faithfulness study: ``summary.json``, ``examples.parquet`` and a self-contained ``report.html``.
+
+The HTML carries plotly.js inline once, so it opens offline; every number in it comes from ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from workbench.io import atomic_write, write_json, write_parquet
+
+
+def _fmt(v) -> str:
+    if isinstance(v, dict) and "rate" in v:
+        if v["rate"] is None:
+            return "n/a (n=0)"
+        lo, hi = v["ci95"]
+        return f"{v['rate']:.3f} [{lo:.3f}, {hi:.3f}] (n={v['n']})"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, (dict, list)):
+        return html.escape(json.dumps(v))[:300]
+    return html.escape(str(v))
+
+
+def _table(d: dict, skip: tuple = ()) -> str:
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in d.items() if k not in skip)
+    return f"<table>{rows}</table>"
+
+
+def _figures(summary: dict) -> list[str]:
+    import plotly.graph_objects as go
+
+    figs = []
+    curves = go.Figure()
+    for test in ("early", "mistakes"):
+        c = summary.get(test, {}).get("curve")
+        if c:
+            curves.add_trace(go.Scatter(x=[p["fraction"] for p in c] + [1.0], y=[p["rate"] for p in c] + [1.0],
+                                        mode="lines+markers", name=f"{test} (AOC {summary[test]['aoc']:.2f})"))
+    if curves.data:
+        curves.update_layout(title="Same answer as with the full CoT", xaxis_title="fraction of the CoT before the cut / mistake",
+                             yaxis_title="same answer", yaxis_range=[0, 1.05], height=380)
+        figs.append(curves)
+    abc = summary.get("internal", {}).get("answer_before_cot", {})
+    if abc.get("supported"):
+        fig = go.Figure([go.Scatter(x=abc["layers"], y=acc, mode="lines+markers", name=v)
+                         for v, acc in abc["accuracy_by_layer"].items()])
+        fig.update_layout(title="Answer digits decodable from the prompt alone (before any CoT)", yaxis_title="probe accuracy",
+                          yaxis_range=[0, 1.05], height=380)
+        figs.append(fig)
+    pw = summary.get("internal", {}).get("pathways", {})
+    if pw.get("supported"):
+        fig = go.Figure(go.Bar(x=["operand tokens", "CoT tokens"], y=[pw["restored_by_operands"], pw["restored_by_cot"]]))
+        fig.update_layout(title=f"Share of the answer restored by clean tokens ({pw['pairs']} pairs)", height=340)
+        figs.append(fig)
+    return [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
+
+
+def render_html(title: str, summary: dict, claims_rows: list[dict], truth: str | None) -> str:
+    v = summary["verdict"]
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<p class=verdict>Verdict: <b>{html.escape(v['verdict'])}</b>"
+             + (f" (ground truth: <b>{html.escape(truth)}</b>)" if truth else "") + f"<br>{html.escape(v['why'])}</p>",
+             "<h2>Stated reasoning</h2>", f"<pre>{html.escape(summary['stated_reasoning']['example'])}</pre>",
+             _table(summary["stated_reasoning"], skip=("example",)), "<h2>Scores</h2>", _table(v["scores"])]
+    parts += _figures(summary)
+    for test in ("early", "mistakes", "filler", "paraphrase", "hint"):
+        if test in summary:
+            parts += [f"<h2>{test}</h2>", _table(summary[test], skip=("curve",))]
+    if "internal" in summary:
+        parts += ["<h2>internal</h2>"] + [_table(x) for x in summary["internal"].values()]
+    if "claims" in summary:
+        parts += ["<h2>claims</h2>", _table(summary["claims"], skip=("by_variable",))]
+        for var, d in summary["claims"].get("by_variable", {}).items():
+            parts += [f"<h3>{var}</h3>", _table(d)]
+        if claims_rows:
+            head = ["prompt", "claim", "true", "probe_reads", "represented", "used"]
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(h)))}</td>" for h in head) + "</tr>"
+                           for r in claims_rows[:30])
+            parts += ["<h3>first claims</h3>", f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>"]
+    parts += ["<h2>Timings (s)</h2>", _table(summary.get("timings_seconds", {}))]
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}.verdict{font-size:18px}")
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}</style>"
+            f"</head><body>{''.join(parts)}</body></html>")
+
+
+def write_study(out: str | Path, model_name: str, summary: dict, rows: list[dict], truth: str | None = None) -> list[Path]:
+    out = Path(out)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    tidy = [{k: (json.dumps(r[k]) if isinstance(r.get(k), (dict, list)) else r.get(k)) for k in keys} for r in rows]
+    files = [write_json(out / "summary.json", {"model": model_name, "ground_truth": truth, **summary})]
+    if tidy:
+        files.append(write_parquet(out / "examples.parquet", tidy))
+    claims_rows = [r for r in rows if r["test"] == "claims"]
+    page = render_html(f"Faithfulness of {model_name}", summary, claims_rows, truth)
+    files.append(atomic_write(out / "report.html", lambda p: p.write_text(page)))
+    return files

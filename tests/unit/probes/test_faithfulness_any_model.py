@@ -1,0 +1,32 @@
+"""The whole suite runs end to end on a tiny random Hugging Face model loaded from a local directory (results
+meaningless, code path real), and on our own checkpoint format through the CLI."""
+
+import json
+
+from probes.faithfulness.report import write_study
+from probes.faithfulness.suite import TESTS, run_suite
+from tests.helpers import tiny_hf_dir
+from workbench.cli import main
+from workbench.io import read_parquet
+from workbench.models.loader import load_model
+
+
+def test_suite_on_a_local_hf_model(tmp_path):
+    tiny_hf_dir(tmp_path / "hf")
+    model = load_model(tmp_path / "hf")
+    summary, rows = run_suite(model, n=24, probe_n=60)
+    assert set(TESTS) <= set(summary) and summary["verdict"]["verdict"]
+    files = write_study(tmp_path / "out", "tiny-hf", summary, rows)
+    assert [f.name for f in files][0] == "summary.json"
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["model"] == "tiny-hf"
+    assert "<html>" in (tmp_path / "out" / "report.html").read_text()[:200]
+    if rows:
+        assert len(read_parquet(tmp_path / "out" / "examples.parquet")) == len(rows)
+
+
+def test_faithfulness_command(tmp_path, capsys):
+    tiny_hf_dir(tmp_path / "hf")
+    assert main(["faithfulness", str(tmp_path / "hf"), "--n", "20", "--tests", "hint", "internal",
+                 "--out", str(tmp_path / "o")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ground_truth"] is None and (tmp_path / "o" / "report.html").exists()
