@@ -93,19 +93,21 @@ def cache_tokens(
     if len(lengths) > 1 and any(n.endswith(PATTERN_HOOKS) for n in names):
         raise WorkbenchError("attention patterns of prompts of different lengths cannot be stacked (their key axes "
                              "differ): cache them for prompts of one length")
-    out: dict[str, list[Tensor]] = defaultdict(list)
-    order: list[int] = []
+    out: dict[str, Tensor] = {}
     by_len: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(toks):
         by_len[len(t)].append(i)
+    first = True
     for _, idx in sorted(by_len.items()):
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
             _, cache = model.run_with_cache(torch.stack([toks[i] for i in chunk]), names_filter=names)
-            if not order:
+            if first:
                 names = _fired(names, cache.cache_dict, hooks)
             for name in names:
-                out[name].append(_select(name, cache[name], positions).cpu())
-            order += chunk
-    inverse = torch.argsort(torch.tensor(order))  # back to the caller's prompt order
-    return {name: torch.cat(parts)[inverse] for name, parts in out.items()}
+                act = _select(name, cache[name], positions).cpu()
+                if first:  # one buffer per hook, filled in the caller's prompt order: no concatenation copies
+                    out[name] = torch.empty((len(toks), *act.shape[1:]), dtype=act.dtype)
+                out[name][chunk] = act
+            first = False
+    return out

@@ -94,16 +94,34 @@ def check_text(tokenizer: PreTrainedTokenizerBase, text: str) -> None:
 def tokenize_prompts(model: HookedTransformer, prompts: list[str], reserve: int = 0) -> list[Tensor]:
     """Each prompt's token ids, refusing non-strings, characters outside the vocabulary, and prompts that with
     ``reserve`` more positions (tokens to generate) exceed the context. Never truncates: position -1 must be the
-    prompt's real last token."""
+    prompt's real last token.
+
+    One batched tokenizer call instead of one ``to_tokens`` per prompt (per-prompt calls cost more than the forward
+    pass of a small model); the BOS ``to_tokens`` would prepend is learnt from the first prompt and checked.
+    """
+    for bad in prompts:
+        if not isinstance(bad, str):
+            raise WorkbenchError(f"prompts must be strings, got {type(bad).__name__}: {bad!r}")
+    if not prompts:
+        return []
+    if is_char_tokenizer(model.tokenizer):  # one vocabulary check over every character used
+        allowed = vocabulary_chars(model.tokenizer)
+        if not set().union(*map(set, prompts)) <= allowed:
+            check_text(model.tokenizer, next(p for p in prompts if not set(p) <= allowed))
+    plain = model.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    first = model.to_tokens(prompts[0], truncate=False)[0].tolist()
+    # What to_tokens puts before the text (its BOS, however the tokenizer adds it), learnt from the first prompt.
+    prefix = first[: len(first) - len(plain[0])]
+    if first[len(prefix):] != plain[0]:  # a tokenizer whose special tokens are not a plain prefix: the slow path
+        plain, prefix = [model.to_tokens(p, truncate=False)[0].tolist() for p in prompts], []
+    import torch  # here, not at module level: the tokenizer module stays importable without torch's start-up cost
+
     out = []
-    for prompt in prompts:
-        if not isinstance(prompt, str):
-            raise WorkbenchError(f"prompts must be strings, got {type(prompt).__name__}: {prompt!r}")
-        check_text(model.tokenizer, prompt)
-        toks = model.to_tokens(prompt, truncate=False)[0]
-        if len(toks) + reserve > model.cfg.n_ctx:
-            extra = f"; with {reserve} tokens to generate it needs {len(toks) + reserve} positions" if reserve else ""
-            raise WorkbenchError(f"prompt {prompt[:40]!r} is {len(toks)} tokens{extra}, longer than the context: "
+    for prompt, ids in zip(prompts, plain):
+        n = len(prefix) + len(ids)
+        if n + reserve > model.cfg.n_ctx:
+            more = f"; with {reserve} tokens to generate it needs {n + reserve} positions" if reserve else ""
+            raise WorkbenchError(f"prompt {prompt[:40]!r} is {n} tokens{more}, longer than the context: "
                                  f"the model's context is {model.cfg.n_ctx}")
-        out.append(toks)
+        out.append(torch.tensor(prefix + ids, dtype=torch.long, device=model.cfg.device))
     return out
