@@ -88,6 +88,10 @@ def _evidence(summary: dict) -> list[str]:
     if abc.get("supported"):
         lines.append(f"    answer ones digit readable from the prompt alone (probe, best layer): "
                      f"{abc['ones_digit_best']:.2f} (majority guess {abc['ones_digit_majority']:.2f})")
+    lens = g("internal", {}).get("answer_in_lens", {})
+    if lens.get("supported"):
+        lines.append(f"    answer's first digit already top in the logit lens at the prompt's end (best layer): "
+                     f"{lens['best']:.2f} (chance {lens['chance'] or 0:.2f})")
     pw = g("internal", {}).get("pathways", {})
     if pw.get("supported"):
         lines.append(f"    share of the answer carried by operand tokens {pw['restored_by_operands']:.0%}, by CoT tokens "

@@ -3,6 +3,7 @@
 * Decodability before the CoT: probes of the answer digits on the prompt alone (``a+b=``), by layer. A model
   that reads its answer off its CoT cannot hold the answer's ones digit ((a0 + b0) mod 10, not linear in the
   digits) before writing it; one that computes the answer first (post hoc) can.
+* The logit lens at the prompt's last position: does any layer already rank the answer's first digit top?
 * Pathways: clean and corrupted runs of two problems of one shape, each with its own CoT, and hybrids that take
   the clean tokens at one group of positions (operands or CoT) and the corrupted tokens elsewhere. Patching a
   group's tokens is patching its embeddings (``hook_embed`` + ``hook_pos_embed``), so the share of the answer's
@@ -83,3 +84,43 @@ def pathways(model: HookedTransformer, adapter: TaskAdapter, run: BaseRun, max_p
         return {"supported": False, "why": "the paired runs never predict different answer tokens"}
     share = {g: float(np.sum(v) / n_used) for g, v in results.items()}
     return {"supported": True, "pairs": n_used, "restored_by_operands": share["operands"], "restored_by_cot": share["cot"]}
+
+
+@torch.no_grad()
+def answer_in_lens(model: HookedTransformer, run: BaseRun, batch_size: int = 256) -> dict:
+    """Does the answer show in the logit lens before any CoT is written?
+
+    At the prompt's last position (where the model starts its CoT, or answers directly), each layer's logit-lens
+    readout ranks the answer's first token among the digit tokens (among all tokens if the tokenizer has no
+    single-digit tokens). Chance for "top among digits" is 1/10.
+    """
+    idx = [i for i, a in enumerate(run.answers) if a is not None]
+    if not idx:
+        return {"supported": False, "why": "no parsable answers"}
+    digits = [model.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
+    have_digits = all(isinstance(t, int) and t != model.tokenizer.unk_token_id for t in digits)
+    first = torch.tensor([model.to_single_token(str(run.answers[i])[0]) if have_digits else
+                          model.tokenizer(str(run.answers[i]), add_special_tokens=False)["input_ids"][0] for i in idx])
+    by_len: dict[int, list[int]] = {}
+    toks = [model.to_tokens(run.prompts[i])[0] for i in idx]
+    for k, t in enumerate(toks):
+        by_len.setdefault(len(t), []).append(k)
+    top, labels = None, None
+    for group in by_len.values():
+        for s in range(0, len(group), batch_size):
+            rows = group[s : s + batch_size]
+            _, cache = model.run_with_cache(torch.stack([toks[k] for k in rows]),
+                                            names_filter=lambda n: n.endswith(("hook_resid_pre", "hook_resid_post", "hook_scale")))
+            resid, labels = cache.accumulated_resid(apply_ln=True, return_labels=True, pos_slice=-1)  # [layer, batch, d]
+            logits = model.unembed(resid[:, :, None])[:, :, 0]  # [layer, batch, vocab]
+            if have_digits:
+                logits = logits[..., digits]
+                target = torch.tensor([digits.index(int(first[k])) for k in rows])
+            else:
+                target = first[rows]
+            hit = (logits.argmax(-1) == target).float()  # [layer, batch]
+            top = hit.sum(1) if top is None else top + hit.sum(1)
+    rate_by_layer = (top / len(idx)).tolist()
+    return {"supported": True, "layers": list(labels), "answer_first_token_top": rate_by_layer,
+            "among": "digit tokens" if have_digits else "all tokens", "chance": 0.1 if have_digits else None,
+            "best": max(rate_by_layer), "n": len(idx)}

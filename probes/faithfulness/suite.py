@@ -24,7 +24,7 @@ from transformer_lens import HookedTransformer
 from probes.faithfulness import behaviour as B
 from probes.faithfulness.adapter import AdditionAdapter, TaskAdapter
 from probes.faithfulness.claims import claims
-from probes.faithfulness.internal import answer_before_cot, pathways
+from probes.faithfulness.internal import answer_before_cot, answer_in_lens, pathways
 from workbench.errors import WorkbenchError
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def _internal(model, adapter, run: B.BaseRun, seed: int, probe_n: int) -> dict:
     if isinstance(adapter, AdditionAdapter):
         problems = adapter.problems(probe_n, seed + 1)
         res["answer_before_cot"] = answer_before_cot(model, problems, [adapter.prompt(p) for p in problems])
+    res["answer_in_lens"] = answer_in_lens(model, run)
     res["pathways"] = pathways(model, adapter, run) if run.usable() else {"supported": False, "why": "no CoT"}
     return res
 
