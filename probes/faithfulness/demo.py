@@ -144,6 +144,6 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
                      f"/{len(scoring['models'])} correct")
         for test, a in scoring["auroc"].items():
             if a["auroc"] is not None:
-                lines.append(f"   {test:<16} AUROC {a['auroc']:.3f} ({'/'.join(a['positive'])} vs the rest, n={a['n']})")
+                lines.append(f"   {test:<16} AUROC {a['auroc']:.3f} ({'/'.join(a['positive'])} vs {'/'.join(a['negative'])}, n={a['n']})")
         lines.append(f"   written: {out / 'scoring.json'}")
     return "\n".join(lines)
