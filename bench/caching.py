@@ -20,11 +20,11 @@ Arms, each timed from the prompt strings:
 
 Memory: ``write_cache`` and a naive accumulating pattern (``run_with_cache`` with ``names_filter`` over batches,
 every batch's cache kept in a list, concatenated and ``torch.save``-d at the end) each run in a fresh subprocess
-for N and 4N prompts of one length at all positions; the peak resident set size of the subprocess (``VmHWM``)
+for N and 10N prompts of one length at all positions; the peak resident set size of the subprocess (``VmHWM``)
 is reported, with its resident size before the work starts (interpreter, torch and model).
 
-    python bench/caching.py            # 2000 prompts (naive loop: 500), memory at 2000 and 8000 prompts
-    python bench/caching.py --quick    # 300 prompts (naive loop: 100), memory at 1000 and 4000 (about a minute)
+    python bench/caching.py            # 2000 prompts (naive loop: 500), memory at 1000 and 10000 prompts
+    python bench/caching.py --quick    # 300 prompts (naive loop: 100), memory at 300 and 3000 (about a minute)
 
 Every arm runs once on a few prompts first (warm-up), then all arms are timed ``--repeats`` times, interleaved,
 and the fastest run of each is reported, with every run's seconds: other processes can only slow a run down.
@@ -224,7 +224,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=None, help="prompts per throughput arm (default 2000, quick 300)")
     ap.add_argument("--naive-n", type=int, default=None, help="prompts for the naive loop (default 500, quick 100)")
     ap.add_argument("--memory-n", type=int, default=None,
-                    help="N for the memory runs at N and 4N (default 2000, quick 1000)")
+                    help="N for the memory runs at N and 10N (default 1000, quick 300)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--shard-size", type=int, default=None, help="prompts per shard (default 1000, quick 250)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs of each arm (default 3, quick 2)")
@@ -236,7 +236,7 @@ def main() -> int:
         child(args.child[0], int(args.child[1]), args)
         return 0
     n = args.n or (300 if args.quick else 2000)
-    mem_n = args.memory_n or (1000 if args.quick else 2000)
+    mem_n = args.memory_n or (300 if args.quick else 1000)
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.naive_n = args.naive_n or (100 if args.quick else 500)
 
@@ -245,8 +245,8 @@ def main() -> int:
     names = resolve_hooks(model, HOOKS)
     last = throughput(model, names, n, same_length=False, args=args)
     every = throughput(model, names, n, same_length=True, args=args)
-    mem_ours = memory("ours", [mem_n, 4 * mem_n], args)
-    mem_naive = memory("naive", [mem_n, 4 * mem_n], args)
+    mem_ours = memory("ours", [mem_n, 10 * mem_n], args)
+    mem_naive = memory("naive", [mem_n, 10 * mem_n], args)
     result = {
         "model": MODEL,
         "hooks": names,
@@ -257,7 +257,7 @@ def main() -> int:
         "repeats": args.repeats,
         "throughput": {"last_token": last, "all_positions": every},
         "memory": {
-            "n_prompts": [mem_n, 4 * mem_n],
+            "n_prompts": [mem_n, 10 * mem_n],
             "setting": "prompts of one token length, all positions",
             "ours_write_cache": mem_ours,
             "naive_accumulate_then_save": mem_naive,

@@ -112,21 +112,8 @@ def head_by_pos_sweep(model, clean, corrupt, metric: Metric, max_batch: int = 10
     return _sweep(model, clean, corrupt, metric, lambda layer: f"blocks.{layer}.attn.hook_z", grid, max_batch)
 
 
-def attribution_patching(
-    model: HookedTransformer,
-    clean: Int[Tensor, "batch pos"],
-    corrupt: Int[Tensor, "batch pos"],
-    metric: Metric,
-    where: str = "resid_pre",
-) -> Float[Tensor, "layer pos"]:
-    """Linear estimate of :func:`resid_sweep` from one forward and one backward pass (per batch).
-
-    estimate[layer, pos] = sum over batch and d_model of (clean - corrupt) * d metric / d act, at the corrupted
-    run's activations; the metric is a mean over the batch, so the sum over batch matches a patch of all rows.
-    """
-    _check_pair(clean, corrupt)
-    names = [f"blocks.{layer}.hook_{where}" for layer in range(model.cfg.n_layers)]
-    _, clean_cache = model.run_with_cache(clean, names_filter=names)
+def _acts_and_grads(model: HookedTransformer, corrupt: Tensor, metric: Metric, names: list[str]):
+    """Activations of ``names`` on the corrupted run and the metric's gradient with respect to each."""
     acts: dict[str, Tensor] = {}
     grads: dict[str, Tensor] = {}
 
@@ -141,9 +128,80 @@ def attribution_patching(
     ):
         metric(model(corrupt)).backward()
     model.zero_grad(set_to_none=True)
+    return acts, grads
+
+
+def attribution_patching(
+    model: HookedTransformer,
+    clean: Int[Tensor, "batch pos"],
+    corrupt: Int[Tensor, "batch pos"],
+    metric: Metric,
+    where: str = "resid_pre",
+) -> Float[Tensor, "layer pos"]:
+    """Linear estimate of :func:`resid_sweep` from one forward and one backward pass (per batch).
+
+    estimate[layer, pos] = sum over batch and d_model of (clean - corrupt) * d metric / d act, at the corrupted
+    run's activations; the metric is a mean over the batch, so the sum over batch matches a patch of all rows.
+    """
+    _check_pair(clean, corrupt)
+    names = [f"blocks.{layer}.hook_{where}" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter=names)
+    acts, grads = _acts_and_grads(model, corrupt, metric, names)
     return torch.stack([
         einops.einsum(clean_cache[n] - acts[n], grads[n], "batch pos d, batch pos d -> pos") for n in names
     ])
+
+
+def attribution_heads(
+    model: HookedTransformer,
+    clean: Int[Tensor, "batch pos"],
+    corrupt: Int[Tensor, "batch pos"],
+    metric: Metric,
+) -> Float[Tensor, "layer head"]:
+    """Linear estimate of :func:`head_sweep` (each head's output patched at all positions) from one forward and
+    one backward pass: sum over batch, positions and d_head of (clean z - corrupt z) * d metric / d z."""
+    _check_pair(clean, corrupt)
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter=names)
+    acts, grads = _acts_and_grads(model, corrupt, metric, names)
+    return torch.stack([
+        einops.einsum(clean_cache[n] - acts[n], grads[n], "batch pos head d, batch pos head d -> head") for n in names
+    ])
+
+
+def attribution_head_by_pos(
+    model: HookedTransformer,
+    clean: Int[Tensor, "batch pos"],
+    corrupt: Int[Tensor, "batch pos"],
+    metric: Metric,
+) -> Float[Tensor, "layer pos head"]:
+    """Linear estimate of :func:`head_by_pos_sweep` (each head at each position) from one forward and one
+    backward pass."""
+    _check_pair(clean, corrupt)
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter=names)
+    acts, grads = _acts_and_grads(model, corrupt, metric, names)
+    return torch.stack([
+        einops.einsum(clean_cache[n] - acts[n], grads[n], "batch pos head d, batch pos head d -> pos head") for n in names
+    ])
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two effect maps (ties get their average rank)."""
+    def ranks(x: Tensor) -> Tensor:
+        x = x.flatten().double()
+        order = x.argsort()
+        r = torch.empty_like(x)
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for v in x.unique():  # average the ranks of ties
+            tie = x == v
+            r[tie] = r[tie].mean()
+        return r
+
+    return correlation(ranks(a), ranks(b))
 
 
 def correlation(a: Tensor, b: Tensor) -> float:

@@ -47,3 +47,15 @@ def test_causal_check_of_the_carry_into_the_hundreds(direct):
     assert r["answer_follows_variable"]["rate"] > 0.3
     assert r["random_direction_changes_answer"]["rate"] < 0.1
     assert r["answer_other"]["rate"] < 0.05
+
+
+def test_carry_is_decodable_where_the_faithful_cot_writes_it():
+    model = load_model("adder-cot-faithful")
+    problems, texts = probe_texts(3, 600, "cot")
+    carry_pos = len("123+456= 3+6+0=0")  # BOS is token 0, so the written carry of step 0 is token 16
+    assert model.to_str_tokens(texts[0])[carry_pos] == texts[0][carry_pos - 1]
+    rows = probe_sweep(collect_resid(model, texts), problems, ["carry0"], positions=[carry_pos])
+    at_embedding = next(r for r in rows if r["layer_index"] == 0)
+    # The written token is the carry: readable from the embedding alone, and not because any function of the
+    # column's digits is (the control stays low there).
+    assert at_embedding["score"] > 0.99 and at_embedding["selectivity"] > 0.3

@@ -7,11 +7,13 @@ from workbench.errors import WorkbenchError
 from workbench.interventions import intervene
 from workbench.models.zoo import ArchConfig
 from workbench.patching import (
+    attribution_heads,
     attribution_patching,
     head_by_pos_sweep,
     head_sweep,
     mlp_out_sweep,
     resid_sweep,
+    spearman,
 )
 
 
@@ -66,3 +68,24 @@ def test_mismatched_pair_is_refused(setup):
     model, clean, _, _, metric = setup
     with pytest.raises(WorkbenchError, match="one shape"):
         resid_sweep(model, clean, clean[:, :-1], metric)
+
+
+@pytest.mark.parametrize("layer, head", [(0, 0), (1, 1)])
+def test_head_attribution_is_the_derivative_of_head_patching(setup, layer, head):
+    model, clean, corrupt, cache, metric = setup
+    attr = attribution_heads(model, clean, corrupt, metric)
+    assert attr.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    base = metric(model(corrupt)).item()
+    eps, name = 1e-3, f"blocks.{layer}.attn.hook_z"
+    _, corrupt_cache = model.run_with_cache(corrupt, names_filter=name)
+    delta = cache[name] - corrupt_cache[name]
+    with intervene(model, name, lambda act, idx: act[idx] + eps * delta[idx], heads=[head]):
+        nudged = metric(model(corrupt)).item()
+    assert (nudged - base) / eps == pytest.approx(attr[layer, head].item(), rel=0.05, abs=2e-3)
+
+
+def test_spearman():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert spearman(a, a ** 3) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([0.0, 0.0, 5.0])) == pytest.approx(1.0)

@@ -5,7 +5,7 @@ Each pair's texts end right before the answer token whose logits the metric read
 ==========  ========================================================  ===============================================
 pairs       clean                                                     corrupted
 ==========  ========================================================  ===============================================
-operand     ``36+59=`` (the first answer digit comes next)            the ones digit of ``b`` changed: ``36+57=``
+operand     ``36+59=`` (the first answer digit comes next)            the top digit of ``b`` changed: ``36+29=``
 cot-step    ``36+59= 6+9+0=15 3+5+1=09 ans 9`` (ones digit next)      the ones step's written result changed
 hint        ``hint:97 36+59= <CoT> ans `` (first answer digit next)   another hint of the same width
 ==========  ========================================================  ===============================================
@@ -35,11 +35,11 @@ def make_pairs(kind: str, n: int, digits: int = 3, seed: int = 0) -> tuple[list[
     clean, corrupt = [], []
     for p in problems:
         if kind == "operand":
-            b0 = p.b % 10
-            new_b = p.b - b0 + int((b0 + rng.integers(1, 10)) % 10)
+            # The top digit of b changes (1..9 keeps the width): the answer's first digit, which the metric
+            # reads, usually changes with it.
+            top = 10 ** (digits - 1)
+            new_b = p.b % top + top * int(1 + (p.b // top - 1 + rng.integers(1, 9)) % 9)
             q = Problem(p.a, new_b)
-            if len(str(q.total)) != digits or len(str(new_b)) != digits:
-                continue
             c, d = formats.problem_prompt(p), formats.problem_prompt(q)
         elif kind == "cot-step":
             full = formats.cot(p).text
