@@ -72,6 +72,12 @@ def split(n: int, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 
+def _check_labels(ys: list[Tensor], n_classes: list[int]) -> None:
+    for y, c in zip(ys, n_classes):
+        if y.min() < 0 or y.max() >= c:
+            raise WorkbenchError(f"labels must be in 0..{c - 1}")
+
+
 def _standardise(x: Tensor, train: Tensor) -> tuple[Tensor, Tensor]:
     mean = x[:, train].mean(1)
     std = x[:, train].std(1).clamp_min(1e-6)  # a constant feature (e.g. BOS) must not divide by 0
@@ -106,9 +112,7 @@ def fit_logistic_many(
     """
     x = x.float()
     ys = [torch.as_tensor(y, dtype=torch.long) for y in ys]
-    for y, c in zip(ys, n_classes):
-        if y.min() < 0 or y.max() >= c:
-            raise WorkbenchError(f"labels must be in 0..{c - 1}")
+    _check_labels(ys, n_classes)
     n_site, _, d = x.shape
     mean, std = _standardise(x, train)
     z = (x - mean[:, None]) / std[:, None]
@@ -164,9 +168,7 @@ def fit_ridge_classifiers(
     """Ridge classifiers for several label sets on the same activations, one per label set and site, from one
     Gram matrix per site (all one-hot targets are solved together)."""
     ys = [torch.as_tensor(y, dtype=torch.long) for y in ys]
-    for y, c in zip(ys, n_classes):
-        if y.min() < 0 or y.max() >= c:
-            raise WorkbenchError(f"labels must be in 0..{c - 1}")
+    _check_labels(ys, n_classes)
     x = x.float()
     mean, std = _standardise(x, train)
     z = (x - mean[:, None]) / std[:, None]

@@ -131,6 +131,16 @@ def _acts_and_grads(model: HookedTransformer, corrupt: Tensor, metric: Metric, n
     return acts, grads
 
 
+def _attribution(model: HookedTransformer, clean: Tensor, corrupt: Tensor, metric: Metric, names: list[str],
+                 pattern: str) -> Tensor:
+    """``(clean - corrupt) . d metric / d act`` per hook in ``names``, summed as the einops ``pattern`` says."""
+    _check_pair(clean, corrupt)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter=names)
+    acts, grads = _acts_and_grads(model, corrupt, metric, names)
+    return torch.stack([einops.einsum(clean_cache[n] - acts[n], grads[n], pattern) for n in names])
+
+
 def attribution_patching(
     model: HookedTransformer,
     clean: Int[Tensor, "batch pos"],
@@ -143,14 +153,8 @@ def attribution_patching(
     estimate[layer, pos] = sum over batch and d_model of (clean - corrupt) * d metric / d act, at the corrupted
     run's activations; the metric is a mean over the batch, so the sum over batch matches a patch of all rows.
     """
-    _check_pair(clean, corrupt)
     names = [f"blocks.{layer}.hook_{where}" for layer in range(model.cfg.n_layers)]
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean, names_filter=names)
-    acts, grads = _acts_and_grads(model, corrupt, metric, names)
-    return torch.stack([
-        einops.einsum(clean_cache[n] - acts[n], grads[n], "batch pos d, batch pos d -> pos") for n in names
-    ])
+    return _attribution(model, clean, corrupt, metric, names, "batch pos d, batch pos d -> pos")
 
 
 def attribution_heads(
@@ -161,14 +165,8 @@ def attribution_heads(
 ) -> Float[Tensor, "layer head"]:
     """Linear estimate of :func:`head_sweep` (each head's output patched at all positions) from one forward and
     one backward pass: sum over batch, positions and d_head of (clean z - corrupt z) * d metric / d z."""
-    _check_pair(clean, corrupt)
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean, names_filter=names)
-    acts, grads = _acts_and_grads(model, corrupt, metric, names)
-    return torch.stack([
-        einops.einsum(clean_cache[n] - acts[n], grads[n], "batch pos head d, batch pos head d -> head") for n in names
-    ])
+    return _attribution(model, clean, corrupt, metric, names, "batch pos head d, batch pos head d -> head")
 
 
 def attribution_head_by_pos(
@@ -179,14 +177,8 @@ def attribution_head_by_pos(
 ) -> Float[Tensor, "layer pos head"]:
     """Linear estimate of :func:`head_by_pos_sweep` (each head at each position) from one forward and one
     backward pass."""
-    _check_pair(clean, corrupt)
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean, names_filter=names)
-    acts, grads = _acts_and_grads(model, corrupt, metric, names)
-    return torch.stack([
-        einops.einsum(clean_cache[n] - acts[n], grads[n], "batch pos head d, batch pos head d -> pos head") for n in names
-    ])
+    return _attribution(model, clean, corrupt, metric, names, "batch pos head d, batch pos head d -> pos head")
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
