@@ -232,6 +232,20 @@ def cmd_patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from workbench.diff import diff_report
+    from workbench.models.loader import load_model
+    from workbench.tasks.export import make_samples
+
+    base, tuned = load_model(args.base), load_model(args.tuned)
+    prompts = [s.prompt for s in make_samples(args.task, args.n, tuple(args.digits), "test", args.seed)]
+    summary = diff_report(base, tuned, prompts, args.out)
+    print(json.dumps({"out": str(args.out), **{k: summary[k] for k in ("n_prompts", "kl_mean", "kl_p90",
+                                                                        "next_token_changed", "layers", "files")}},
+                     indent=2))
+    return 0
+
+
 def cmd_tasks_export(args: argparse.Namespace) -> int:
     from workbench.tasks.export import export_jsonl
 
@@ -357,6 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--sweeps", nargs="+", choices=["resid", "mlp", "heads", "head-pos"], default=["resid", "heads"])
     pa.add_argument("--out", type=Path, required=True, help="output directory")
     pa.set_defaults(fn=cmd_patch)
+
+    df = sub.add_parser("diff", help="what changed from BASE to TUNED: weights, next-token KL, residual stream")
+    df.add_argument("base", help="the model before tuning (organism name, checkpoint dir or local HF dir)")
+    df.add_argument("tuned", help="the model after tuning (same architecture)")
+    df.add_argument("--task", choices=FORMATS, default="hint", help="prompt set (the format's prompts)")
+    df.add_argument("--n", type=_positive_int, default=500, help="prompts")
+    df.add_argument("--digits", type=int, nargs="+", default=[2, 3], help="operand digit counts")
+    df.add_argument("--seed", type=int, default=0)
+    df.add_argument("--out", type=Path, required=True, help="output directory")
+    df.set_defaults(fn=cmd_diff)
 
     tasks = sub.add_parser("tasks", help="task data").add_subparsers(dest="action", required=True)
     x = tasks.add_parser("export", help="write task samples as JSONL (prompt, completion, meta)")

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -129,3 +130,9 @@ def test_toolkit_commands_bad_input(ckpt, tmp_path, capsys, argv, expected):
     argv = [a.replace("{ckpt}", str(ckpt)).replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     assert expected in _error_line(capsys)
+
+
+def test_diff_command_on_identical_models(ckpt, tmp_path, capsys):
+    assert main(["diff", str(ckpt), str(ckpt), "--task", "cot", "--n", "8", "--digits", "2", "--out", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kl_mean"] == pytest.approx(0, abs=1e-6) and out["next_token_changed"] == 0

@@ -1,0 +1,236 @@
+"""Bradley-Terry reward model: a scalar score for ``prompt + completion``, trained on preference pairs.
+
+The loss is Ouyang et al. 2022 (InstructGPT) eq. 1, ``-log sigmoid(r(x, y_chosen) - r(x, y_rejected))``, as in
+TRL's ``RewardTrainer`` (same column names ``prompt``/``chosen``/``rejected``, same metric names ``accuracy`` and
+``margin``). TRL trains Hugging Face models; ours are HookedTransformers, so the head and the loop live here.
+
+The score is a linear value head on the final residual stream after ``ln_final`` (the activation that
+``ln_final.hook_normalized`` names), read at the last completion token: the EOS that :func:`encode` appends. The
+model is causal and padded on the right, so the score never sees the padding after it. The head starts at zero,
+so every pair starts tied and the initial loss is exactly ln 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from contextlib import nullcontext
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from training.common import PREFERENCE_COLUMNS, Batch, MetricLog, encode, load_rows
+from workbench.errors import WorkbenchError
+from workbench.io import atomic_dir
+from workbench.models.checkpoint import load_checkpoint, save_checkpoint, weights_sha256
+from workbench.models.trainer import _load_state, _save_state, deterministic_cpu
+
+log = logging.getLogger(__name__)
+FORMAT = "workbench-reward-model"
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    lr: float = 1e-4
+    """AdamW learning rate (constant)."""
+    steps: int = 200
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Preference pairs per step."""
+    seed: int = 0
+    """Seeds each step's draw of pairs (step ``s`` draws from a generator seeded with ``(seed, s)``)."""
+    margin_column: str | None = None
+    """Optional numeric column subtracted inside the sigmoid (Touvron et al. 2023, Llama 2 eq. 2; TRL's ``margin``)."""
+    checkpoint_every: int = 50
+    """Save the resumable state (weights, AdamW moments, step) every this many steps."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this."""
+    num_threads: int = 1
+    """CPU threads; fixed, with deterministic kernels, so a resumed run matches an uninterrupted one bit for bit."""
+
+
+class RewardModel(nn.Module):
+    """A HookedTransformer body and a zero-initialised linear head on its ``ln_final`` output."""
+
+    def __init__(self, body: HookedTransformer):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(body.cfg.d_model, 1, device=body.cfg.device, dtype=body.cfg.dtype)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, batch: Batch) -> Float[Tensor, " batch"]:
+        # Stopping after the last block returns resid_post without unembedding; ln_final is applied as forward does.
+        resid = self.body(batch.tokens, stop_at_layer=self.body.cfg.n_layers)
+        if self.body.cfg.normalization_type is not None:
+            resid = self.body.ln_final(resid)
+        values = self.head(resid)[..., 0]
+        return values.gather(-1, last_completion_index(batch)[:, None])[:, 0]
+
+
+def last_completion_index(batch: Batch) -> Int[Tensor, " batch"]:
+    """Position of each row's last completion token (its EOS when encoded with one)."""
+    pos = torch.arange(batch.tokens.shape[1], device=batch.tokens.device)
+    return torch.where(batch.completion_mask, pos, -1).amax(-1)
+
+
+def reward_loss(
+    chosen: Float[Tensor, " batch"], rejected: Float[Tensor, " batch"], margin: Float[Tensor, " batch"] | None = None
+) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
+    """Ouyang et al. 2022 eq. 1, ``-mean log sigmoid(r_c - r_r - margin)``, with TRL's ``accuracy`` (share of pairs
+    with ``r_c > r_r``) and ``margin`` (mean ``r_c - r_r``)."""
+    diff = chosen - rejected
+    loss = -F.logsigmoid(diff if margin is None else diff - margin).mean()
+    diff = diff.detach()
+    return loss, {"accuracy": (diff > 0).float().mean(), "margin": diff.mean()}
+
+
+# Preference-pair plumbing shared with dpo.py.
+
+def _encode_pairs(model: HookedTransformer, rows: Sequence[Mapping]) -> Batch:
+    """All pairs encoded once (which also rejects bad text before step 0): rows ``i`` and ``n + i`` are pair i's
+    chosen and rejected completions."""
+    prompts = [r["prompt"] for r in rows]
+    return encode(model, prompts + prompts, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
+
+
+def _indices(n: int, seed: int, step: int, batch_size: int) -> Int[Tensor, " batch"]:
+    """Step ``step``'s pairs: a function of ``(seed, step)`` only, so a resumed run draws the same ones."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))[:batch_size]
+
+
+def _take(pairs: Batch, idx: Int[Tensor, " batch"]) -> Batch:
+    """Pairs ``idx``, chosen rows first, without the columns that are padding in every one of them."""
+    n = pairs.tokens.shape[0] // 2
+    idx = idx.to(pairs.tokens.device)
+    idx = torch.cat([idx, idx + n])
+    mask = pairs.completion_mask[idx]
+    width = int(last_completion_index(Batch(pairs.tokens[idx], mask)).max()) + 1
+    return Batch(pairs.tokens[idx, :width], mask[:, :width])
+
+
+def _start_run(out_dir: Path, run: dict, resume: bool) -> bool:
+    """Whether to resume from ``out_dir/state``; refuses state left by a different run, clears stale state."""
+    marker, state = out_dir / "run.json", out_dir / "state"
+    if resume and (state / "state.json").exists():
+        old = json.loads(marker.read_text()) if marker.exists() else {}
+        if old != run:
+            diff = sorted(k for k in run.keys() | old.keys() if old.get(k) != run.get(k))
+            raise WorkbenchError(f"{out_dir} holds the state of a different run (differs in {diff}); delete it, "
+                                 "pass another output directory or resume=False")
+        return True
+    shutil.rmtree(state, ignore_errors=True)  # starting afresh: a later resume must never pick up stale state
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(run, indent=2) + "\n")
+    return False
+
+
+def _device_context(model: nn.Module, num_threads: int):
+    # Deterministic kernels on CUDA would need CUBLAS_WORKSPACE_CONFIG; bit-exact resume is promised on CPU.
+    return deterministic_cpu(num_threads) if next(model.parameters()).device.type == "cpu" else nullcontext()
+
+
+def train_reward(
+    model: HookedTransformer | RewardModel,
+    rows: str | Path | Iterable[Mapping],
+    cfg: RewardConfig,
+    out_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> RewardModel:
+    """Train a reward model on ``prompt``/``chosen``/``rejected`` rows (in place); writes ``metrics.jsonl``, the
+    resumable ``state/`` and the final ``model/`` (see :func:`save_reward_model`) under ``out_dir``.
+
+    Resuming needs the same starting model and config. ``stop_after`` ends the run after that many steps, as a
+    kill would (for tests).
+    """
+    columns = PREFERENCE_COLUMNS + ((cfg.margin_column,) if cfg.margin_column else ())
+    rows = load_rows(rows, PREFERENCE_COLUMNS)
+    if cfg.margin_column:
+        bad = [i for i, r in enumerate(rows) if not isinstance(r.get(cfg.margin_column), (int, float))]
+        if bad:
+            raise WorkbenchError(f"rows {bad[:5]} lack a number in the margin column {cfg.margin_column!r}; "
+                                 f"columns needed: {list(columns)}")
+    rm = model if isinstance(model, RewardModel) else RewardModel(model)
+    out_dir, t0 = Path(out_dir), time.perf_counter()
+    run = {"method": "reward", "config": dataclasses.asdict(cfg), "initial_weights": weights_sha256(rm)}
+    with _device_context(rm, cfg.num_threads):
+        pairs = _encode_pairs(rm.body, rows)
+        margins = (torch.tensor([float(r[cfg.margin_column]) for r in rows], dtype=rm.head.weight.dtype)
+                   if cfg.margin_column else None)
+        opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
+        step, seconds_before = 0, 0.0
+        if _start_run(out_dir, run, resume):
+            step, _, seconds_before = _load_state(out_dir / "state", rm, opt)
+            log.info("resuming the reward model in %s from step %d", out_dir, step)
+        metrics_log = MetricLog(out_dir / "metrics.jsonl", resume_step=step)
+        rm.train()
+        bar = tqdm(total=cfg.steps, initial=step, desc="reward model", disable=not progress, unit="step")
+        while step < min(cfg.steps, stop_after if stop_after is not None else cfg.steps):
+            idx = _indices(len(rows), cfg.seed, step, cfg.batch_size)
+            chosen, rejected = rm(_take(pairs, idx)).chunk(2)
+            loss, metrics = reward_loss(chosen, rejected, None if margins is None else margins[idx].to(chosen.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.max_grad_norm)
+            opt.step()
+            metrics_log.write(step, {"loss": loss.detach(), **metrics})  # logged as the step that was taken
+            step += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}", accuracy=f"{metrics['accuracy'].item():.2f}")
+            bar.update(1)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _save_state(out_dir / "state", rm, opt, step, [], seconds_before + time.perf_counter() - t0)
+        bar.close()
+    rm.eval()
+    if step == cfg.steps:
+        save_reward_model(rm, out_dir / "model")
+    return rm
+
+
+def save_reward_model(rm: RewardModel, directory: str | Path) -> Path:
+    """``directory/body`` (our checkpoint format; it loads with the workbench loader), ``value_head.safetensors``
+    and ``config.json``, written atomically."""
+
+    def write(tmp: Path) -> None:
+        save_checkpoint(rm.body, tmp / "body")
+        save_file({k: v.detach().cpu().contiguous() for k, v in rm.head.state_dict().items()},
+                  str(tmp / "value_head.safetensors"))
+        config = {"format": FORMAT, "format_version": 1, "d_model": rm.body.cfg.d_model,
+                  "score": "linear head on ln_final.hook_normalized at the last completion token"}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    return atomic_dir(directory, write)
+
+
+def load_reward_model(directory: str | Path, device: str | None = None) -> RewardModel:
+    """Load a directory written by :func:`save_reward_model`."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file() or json.loads(config_path.read_text()).get("format") != FORMAT:
+        raise WorkbenchError(f"{directory} is not a reward model (config.json with format={FORMAT!r})")
+    rm = RewardModel(load_checkpoint(directory / "body", device))
+    rm.head.load_state_dict(load_file(str(directory / "value_head.safetensors"), device=str(rm.body.cfg.device)))
+    return rm.eval()
+
+
+@torch.no_grad()
+def score(rm: RewardModel, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 64
+          ) -> Float[Tensor, " batch"]:
+    """Reward of each ``prompt + completion`` (best-of-N: score N samples per prompt and keep the argmax)."""
+    if len(prompts) != len(completions):
+        raise WorkbenchError(f"{len(prompts)} prompts but {len(completions)} completions; pass one prompt per completion")
+    out = [rm(encode(rm.body, prompts[i:i + batch_size], completions[i:i + batch_size]))
+           for i in range(0, len(prompts), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
