@@ -29,17 +29,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from training.common import Batch, MetricLog
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_dir
 from workbench.models.checkpoint import save_checkpoint
 from workbench.models.tokenizer import tokenize_prompts
-from workbench.models.trainer import deterministic_cpu
+from workbench.models.trainer import _load_state, _save_state, deterministic_cpu
 
 log = logging.getLogger(__name__)
 RewardFn = Callable[[list[str], list[str]], Tensor]
@@ -168,11 +166,13 @@ def value_loss(
     unclipped, clipped = (values - returns) ** 2, (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
-        metrics = {"loss/value_avg": loss.detach(), "val/clipfrac_avg": masked_mean((clipped > unclipped).float(), mask)}
-    return loss, metrics
+        clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    return loss, {"loss/value_avg": loss.detach(), "val/clipfrac_avg": clipfrac}
 
 
-def entropy(logits: Float[Tensor, "batch pos d_vocab"], mask: Bool[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
+def entropy(
+    logits: Float[Tensor, "batch pos d_vocab"], mask: Bool[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos"]:
     """Entropy of each position's next-token distribution, 0 outside ``mask``."""
     logp = logits.log_softmax(-1)
     return -(logp.exp() * logp).sum(-1) * mask
@@ -193,7 +193,10 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, tokens: Int[Tensor, "batch pos"]) -> tuple[Float[Tensor, "batch pos d_vocab"], Float[Tensor, "batch pos"]]:
+    def forward(
+        self, tokens: Int[Tensor, "batch pos"]
+    ) -> tuple[Float[Tensor, "batch pos d_vocab"], Float[Tensor, "batch pos"]]:
+        """The policy's logits and the value at each position (of the state ending there)."""
         store = {}
 
         def keep(act, *, hook):
@@ -211,3 +214,177 @@ def shifted_logprobs(
     temperature-scaled logits aligned the same way."""
     logp = (logits / temperature).log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
     return F.pad(logp, (1, 0)), F.pad(logits / temperature, (0, 0, 1, 0))
+
+
+def adaptive_kl_coef(kl_coef: float, kl: float, target: float, n_sequences: int, horizon: int) -> float:
+    """Ziegler et al. 2019, section 2.2: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon."""
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * n_sequences / horizon)
+
+
+# ---- rollouts and updates -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rollout:
+    batch: Batch
+    """Prompt + sampled completion (up to and including its EOS), right-padded; the mask marks the completion."""
+    logprobs: Float[Tensor, "batch pos"]
+    """log pi_old of each sampled token: the ratio's denominator."""
+    values: Float[Tensor, "batch pos"]
+    """V_old before each completion token: the value clip's centre."""
+    advantages: Float[Tensor, "batch pos"]
+    returns: Float[Tensor, "batch pos"]
+    scores: Float[Tensor, " batch"]
+    """The reward function's scores, less the missing-EOS penalty."""
+
+
+def sample(
+    model: HookedTransformer, prompts: list[str], max_new_tokens: int, temperature: float
+) -> tuple[Batch, Bool[Tensor, " batch"]]:
+    """One sampled completion per prompt, kept as token ids (decoding and re-encoding need not round-trip), and
+    whether each ended with EOS within ``max_new_tokens``. As in ``workbench.generation.complete``, prompts are
+    generated in groups of equal token length, so no prompt is padded."""
+    ids = tokenize_prompts(model, prompts, reserve=max_new_tokens)
+    eos = model.tokenizer.eos_token_id
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(ids):
+        groups[len(t)].append(i)
+    rows: list[tuple[list[int], list[int]]] = [([], [])] * len(ids)
+    ended = torch.zeros(len(ids), dtype=torch.bool)
+    for length, idx in sorted(groups.items()):
+        gen = model.generate(torch.stack([ids[i] for i in idx]), max_new_tokens=max_new_tokens, do_sample=True,
+                             temperature=temperature, stop_at_eos=True, verbose=False)
+        for i, completion in zip(idx, gen[:, length:].tolist()):
+            if eos in completion:  # generate pads finished rows with EOS: keep the first, drop the rest
+                completion, ended[i] = completion[: completion.index(eos) + 1], True
+            rows[i] = (ids[i].tolist(), completion)
+    width, pad = max(len(p) + len(c) for p, c in rows), model.tokenizer.pad_token_id or 0
+    tokens = [p + c + [pad] * (width - len(p) - len(c)) for p, c in rows]
+    mask = [[False] * len(p) + [True] * len(c) + [False] * (width - len(p) - len(c)) for p, c in rows]
+    device = model.cfg.device
+    return Batch(torch.tensor(tokens, device=device), torch.tensor(mask, device=device)), ended.to(device)
+
+
+@torch.no_grad()  # not inference_mode: the rollout's tensors enter the losses' autograd graphs later
+def rollout(
+    model: PolicyWithValue, reference: HookedTransformer, reward_fn: RewardFn, prompts: list[str], cfg: PPOConfig,
+    kl_coef: float,
+) -> tuple[Rollout, dict[str, float]]:
+    """Sample, score, and compute the old log-probs, values, KL-shaped rewards, advantages and returns."""
+    batch, ended = sample(model.policy, prompts, cfg.max_new_tokens, cfg.temperature)
+    mask, tok = batch.completion_mask, model.policy.tokenizer
+    completions = [tok.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(batch.tokens, mask)]
+    scores = torch.as_tensor(reward_fn(prompts, completions), dtype=torch.float32, device=mask.device).reshape(-1)
+    if scores.shape != (len(prompts),):
+        raise WorkbenchError(f"reward_fn gave {tuple(scores.shape)} scores for {len(prompts)} completions")
+    # Huang et al. 2024: a completion that never ends is penalised, else the policy learns to ramble past EOS.
+    scores = scores - cfg.missing_eos_penalty * (~ended).float()
+    logits, values = model(batch.tokens[:, :-1])
+    logprobs, logits = shifted_logprobs(logits, batch.tokens, cfg.temperature)
+    ref_logprobs, _ = shifted_logprobs(reference(batch.tokens[:, :-1], return_type="logits"), batch.tokens,
+                                       cfg.temperature)
+    values = F.pad(values, (1, 0)) * mask  # V before token t is read at position t - 1, like its log-prob
+    rewards, kl = per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
+    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, mask)
+    metrics = {  # TRL's names; sums over a completion's tokens, means over completions
+        "objective/kl": kl.sum(1).mean(),
+        "objective/entropy": entropy(logits, mask).sum(1).mean(),
+        "objective/non_score_reward": (-kl_coef * kl).sum(1).mean(),
+        "objective/rlhf_reward": rewards.sum(1).mean(),
+        "objective/scores": scores.mean(),
+        "val/num_eos_tokens": ended.sum(),
+    }
+    return Rollout(batch, logprobs, values, advantages, returns, scores), {k: float(v) for k, v in metrics.items()}
+
+
+def ppo_update(
+    model: PolicyWithValue, opt: torch.optim.Optimizer, ro: Rollout, cfg: PPOConfig, generator: torch.Generator
+) -> list[dict[str, float]]:
+    """``ppo_epochs`` passes of clipped updates over shuffled minibatches; returns each minibatch's metrics."""
+    out = []
+    for _ in range(cfg.ppo_epochs):
+        for idx in torch.randperm(len(ro.batch.tokens), generator=generator).split(cfg.minibatch_size):
+            idx = idx.to(ro.batch.tokens.device)
+            tokens, mask = ro.batch.tokens[idx], ro.batch.completion_mask[idx]
+            logits, values = model(tokens[:, :-1])
+            logprobs, _ = shifted_logprobs(logits, tokens, cfg.temperature)
+            p_loss, p_metrics = policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], mask, cfg.cliprange)
+            v_loss, v_metrics = value_loss(F.pad(values, (1, 0)), ro.values[idx], ro.returns[idx], mask,
+                                           cfg.cliprange_value)
+            opt.zero_grad(set_to_none=True)
+            (p_loss + cfg.vf_coef * v_loss).backward()
+            opt.step()
+            out.append({k: float(v) for k, v in {**p_metrics, **v_metrics}.items()})
+    return out
+
+
+# ---- training -------------------------------------------------------------------------------------------------
+
+
+def train_ppo(
+    policy: HookedTransformer, reference: HookedTransformer | None, reward_fn: RewardFn, prompts: list[str],
+    cfg: PPOConfig, out_dir: str | Path, resume: bool = True, progress: bool = True,
+) -> HookedTransformer:
+    """Train ``policy`` in place with PPO against ``reward_fn(prompts, completions) -> scores``; returns it.
+
+    ``reference`` is frozen (a copy of the initial policy when None). Each iteration logs one line to
+    ``out_dir/metrics.jsonl``; resumable state (policy, value head, Adam moments, iteration, KL coefficient) is
+    written atomically to ``out_dir/state`` every ``checkpoint_every`` iterations, and with ``resume`` a run picks
+    up from it, bit for bit on CPU. The final policy is saved to ``out_dir/policy`` as a workbench checkpoint.
+    """
+    if not prompts:
+        raise WorkbenchError("no prompts to train on")
+    if cfg.temperature <= 0:
+        raise WorkbenchError(f"PPO samples: temperature must be > 0, got {cfg.temperature}")
+    out_dir, cfg_json = Path(out_dir), dataclasses.asdict(cfg)
+    marker, state_dir = out_dir / "ppo_config.json", out_dir / "state"
+    if resume and marker.exists() and json.loads(marker.read_text()) != cfg_json:
+        raise WorkbenchError(f"{out_dir} holds a PPO run with another config; delete it or pass another directory")
+    on_cpu = torch.device(policy.cfg.device).type == "cpu"
+    with deterministic_cpu(cfg.num_threads) if on_cpu else nullcontext():
+        reference = copy.deepcopy(policy) if reference is None else reference
+        reference.eval().requires_grad_(False)
+        model = PolicyWithValue(policy)
+        # eps 1e-5 rather than 1e-8, as in the reference PPO implementations (Huang et al. 2022, detail 3).
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
+        step, history, seconds_before = 0, [], 0.0  # history: the KL coefficient in force from each step on
+        if resume and (state_dir / "state.json").exists():
+            step, history, seconds_before = _load_state(state_dir, model, opt)  # the workbench trainer's format
+            log.info("resuming PPO from iteration %d", step)
+        elif state_dir.exists():
+            shutil.rmtree(state_dir)  # starting afresh: a later resume must never pick up stale state
+        out_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(cfg_json))
+        metric_log = MetricLog(out_dir / "metrics.jsonl", resume_step=step)
+        kl_coef, t0 = history[-1]["kl_coef"] if history else cfg.kl_coef, time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=step, desc="ppo", disable=not progress, unit="it")
+        while step < cfg.steps:
+            # Everything random in an iteration comes from (seed, iteration): a resumed run repeats it exactly.
+            iteration_seed = cfg.seed * 1_000_003 + step
+            g = torch.Generator().manual_seed(iteration_seed)
+            batch_prompts = [prompts[i] for i in torch.randint(len(prompts), (cfg.batch_size,), generator=g).tolist()]
+            model.eval()
+            with torch.random.fork_rng(devices=[] if on_cpu else None):  # leave the caller's RNG alone
+                torch.manual_seed(iteration_seed)
+                ro, metrics = rollout(model, reference, reward_fn, batch_prompts, cfg, kl_coef)
+            model.train()
+            updates = ppo_update(model, opt, ro, cfg, g)
+            metrics.update({k: sum(u[k] for u in updates) / len(updates) for k in updates[0]})
+            metrics["objective/kl_coef"] = kl_coef
+            metric_log.write(step, metrics)
+            if cfg.adaptive_kl:
+                kl_coef = adaptive_kl_coef(kl_coef, metrics["objective/kl"], cfg.target_kl, cfg.batch_size,
+                                           cfg.horizon)
+            step += 1
+            history.append({"step": step, "kl_coef": kl_coef})
+            bar.update(1)
+            bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _save_state(state_dir, model, opt, step, history, seconds_before + time.perf_counter() - t0)
+        bar.close()
+    policy.eval()
+    save_checkpoint(policy, out_dir / "policy", extra_files={"ppo_config.json": cfg_json})
+    return policy

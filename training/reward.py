@@ -17,8 +17,8 @@ import json
 import logging
 import shutil
 import time
-from contextlib import nullcontext
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from transformer_lens import HookedTransformer
 
 from training.common import PREFERENCE_COLUMNS, Batch, MetricLog, encode, load_rows
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_dir
+from workbench.io import atomic_dir, write_json
 from workbench.models.checkpoint import load_checkpoint, save_checkpoint, weights_sha256
 from workbench.models.trainer import _load_state, _save_state, deterministic_cpu
 
@@ -132,7 +132,7 @@ def _start_run(out_dir: Path, run: dict, resume: bool) -> bool:
         return True
     shutil.rmtree(state, ignore_errors=True)  # starting afresh: a later resume must never pick up stale state
     out_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(run, indent=2) + "\n")
+    write_json(marker, run)
     return False
 
 
@@ -230,7 +230,8 @@ def score(rm: RewardModel, prompts: Sequence[str], completions: Sequence[str], b
           ) -> Float[Tensor, " batch"]:
     """Reward of each ``prompt + completion`` (best-of-N: score N samples per prompt and keep the argmax)."""
     if len(prompts) != len(completions):
-        raise WorkbenchError(f"{len(prompts)} prompts but {len(completions)} completions; pass one prompt per completion")
+        raise WorkbenchError(f"{len(prompts)} prompts but {len(completions)} completions; pass one prompt per "
+                             "completion")
     out = [rm(encode(rm.body, prompts[i:i + batch_size], completions[i:i + batch_size]))
            for i in range(0, len(prompts), batch_size)]
     return torch.cat(out) if out else torch.empty(0)
