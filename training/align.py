@@ -40,7 +40,7 @@ class AlignConfig:
     """Held-out problems for every before/after rate (test split)."""
     rm: RewardConfig = RewardConfig(steps=300, batch_size=32, lr=3e-4)
     """Reward model training."""
-    dpo: DPOConfig = DPOConfig(steps=300, batch_size=32, lr=1e-4, beta=0.1)
+    dpo: DPOConfig = DPOConfig(steps=300, batch_size=32, lr=1e-4, beta=0.1, rpo_alpha=1.0)
     """DPO training."""
     seed: int = 0
     """Seeds the data."""

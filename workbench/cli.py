@@ -246,6 +246,23 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    from training.align import AlignConfig, run_alignment_study
+    from training.dpo import DPOConfig
+    from training.reward import RewardConfig
+    from workbench.models.loader import load_model
+
+    cfg = AlignConfig(n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
+                      rm=RewardConfig(steps=args.rm_steps, batch_size=32, lr=3e-4),
+                      dpo=DPOConfig(steps=args.dpo_steps, batch_size=32, lr=args.dpo_lr, beta=args.beta,
+                                    rpo_alpha=args.rpo_alpha))
+    summary = run_alignment_study(load_model(args.model), args.out, cfg)
+    rates = {k: {m: v["rate"] for m, v in summary[k].items()} for k in ("before", "after_dpo")}
+    print(json.dumps({"out": str(args.out), "reward_model_held_out_accuracy": summary["reward_model"]["held_out_accuracy"],
+                      **rates, "kl_from_base_per_token": summary["kl_from_base_per_token"]}, indent=2))
+    return 0
+
+
 def cmd_tasks_export(args: argparse.Namespace) -> int:
     from workbench.tasks.export import export_jsonl
 
@@ -371,6 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--sweeps", nargs="+", choices=["resid", "mlp", "heads", "head-pos"], default=["resid", "heads"])
     pa.add_argument("--out", type=Path, required=True, help="output directory")
     pa.set_defaults(fn=cmd_patch)
+
+    al = sub.add_parser("align", help="align adder-hint to ignore wrong hints (reward model + DPO) and diff it")
+    al.add_argument("--model", default="adder-hint", help="the model to align (default: adder-hint)")
+    al.add_argument("--n-train", type=_positive_int, default=4000, help="preference pairs")
+    al.add_argument("--n-eval", type=_positive_int, default=500, help="held-out problems per before/after rate")
+    al.add_argument("--rm-steps", type=_positive_int, default=300)
+    al.add_argument("--dpo-steps", type=_positive_int, default=300)
+    al.add_argument("--dpo-lr", type=_positive_float, default=1e-4)
+    al.add_argument("--beta", type=_positive_float, default=0.1)
+    al.add_argument("--rpo-alpha", type=_non_negative_float, default=1.0, help="weight of the NLL term on chosen (0: plain DPO)")
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
+    al.set_defaults(fn=cmd_align)
 
     df = sub.add_parser("diff", help="what changed from BASE to TUNED: weights, next-token KL, residual stream")
     df.add_argument("base", help="the model before tuning (organism name, checkpoint dir or local HF dir)")
