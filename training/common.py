@@ -11,18 +11,21 @@ With right padding and absolute positional embeddings, a sequence's logits do no
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from workbench.errors import WorkbenchError
-from workbench.io import read_jsonl
+from workbench.io import read_jsonl, write_json
+from workbench.models.trainer import deterministic_cpu
 
 SFT_COLUMNS = ("prompt", "completion")
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -88,6 +91,50 @@ def sequence_logprob(model: HookedTransformer, batch: Batch) -> Float[Tensor, " 
     """Sum of the completion tokens' log-probs per sequence: log pi(completion | prompt)."""
     logp, _ = token_logprobs(model, batch)
     return (logp * batch.completion_mask).sum(-1)
+
+
+def last_completion_index(batch: Batch) -> Int[Tensor, " batch"]:
+    """Position of each row's last completion token (its EOS when encoded with one)."""
+    pos = torch.arange(batch.tokens.shape[1], device=batch.tokens.device)
+    return torch.where(batch.completion_mask, pos, -1).amax(-1)
+
+def encode_pairs(model: HookedTransformer, rows: Sequence[Mapping]) -> Batch:
+    """All pairs encoded once (which also rejects bad text before step 0): rows ``i`` and ``n + i`` are pair i's
+    chosen and rejected completions."""
+    prompts = [r["prompt"] for r in rows]
+    return encode(model, prompts + prompts, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
+
+def step_indices(n: int, seed: int, step: int, batch_size: int) -> Int[Tensor, " batch"]:
+    """Step ``step``'s pairs: a function of ``(seed, step)`` only, so a resumed run draws the same ones."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))[:batch_size]
+
+def take_pairs(pairs: Batch, idx: Int[Tensor, " batch"]) -> Batch:
+    """Pairs ``idx``, chosen rows first, without the columns that are padding in every one of them."""
+    n = pairs.tokens.shape[0] // 2
+    idx = idx.to(pairs.tokens.device)
+    idx = torch.cat([idx, idx + n])
+    mask = pairs.completion_mask[idx]
+    width = int(last_completion_index(Batch(pairs.tokens[idx], mask)).max()) + 1
+    return Batch(pairs.tokens[idx, :width], mask[:, :width])
+
+def start_run(out_dir: Path, run: dict, resume: bool) -> bool:
+    """Whether to resume from ``out_dir/state``; refuses state left by a different run, clears stale state."""
+    marker, state = out_dir / "run.json", out_dir / "state"
+    if resume and (state / "state.json").exists():
+        old = json.loads(marker.read_text()) if marker.exists() else {}
+        if old != run:
+            diff = sorted(k for k in run.keys() | old.keys() if old.get(k) != run.get(k))
+            raise WorkbenchError(f"{out_dir} holds the state of a different run (differs in {diff}); delete it, "
+                                 "pass another output directory or resume=False")
+        return True
+    shutil.rmtree(state, ignore_errors=True)  # starting afresh: a later resume must never pick up stale state
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(marker, run)
+    return False
+
+def device_context(model: nn.Module, num_threads: int):
+    # Deterministic kernels on CUDA would need CUBLAS_WORKSPACE_CONFIG; bit-exact resume is promised on CPU.
+    return deterministic_cpu(num_threads) if next(model.parameters()).device.type == "cpu" else nullcontext()
 
 
 class MetricLog:

@@ -24,10 +24,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from training.common import PREFERENCE_COLUMNS, MetricLog, load_rows, sequence_logprob
-from training.reward import _device_context, _encode_pairs, _indices, _start_run, _take
+from training.common import (
+    PREFERENCE_COLUMNS, MetricLog, device_context, encode_pairs, load_rows, sequence_logprob, start_run, step_indices,
+    take_pairs,
+)
+
 from workbench.models.checkpoint import save_checkpoint, weights_sha256
-from workbench.models.trainer import _load_state, _save_state
+from workbench.models.trainer import load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +136,18 @@ def train_dpo(
     out_dir, t0 = Path(out_dir), time.perf_counter()
     run = {"method": "dpo", "config": cfg.to_json(), "initial_weights": weights_sha256(policy),
            "reference_weights": weights_sha256(reference)}
-    with _device_context(policy, cfg.num_threads):
-        pairs = _encode_pairs(policy, rows)
+    with device_context(policy, cfg.num_threads):
+        pairs = encode_pairs(policy, rows)
         opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
         step, seconds_before = 0, 0.0
-        if _start_run(out_dir, run, resume):
-            step, _, seconds_before = _load_state(out_dir / "state", policy, opt)
+        if start_run(out_dir, run, resume):
+            step, _, seconds_before = load_train_state(out_dir / "state", policy, opt)
             log.info("resuming DPO in %s from step %d", out_dir, step)
         metrics_log = MetricLog(out_dir / "metrics.jsonl", resume_step=step)
         policy.train()
         bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.loss_fn.__name__}", disable=not progress, unit="step")
         while step < min(cfg.steps, stop_after if stop_after is not None else cfg.steps):
-            batch = _take(pairs, _indices(len(rows), cfg.seed, step, cfg.batch_size))
+            batch = take_pairs(pairs, step_indices(len(rows), cfg.seed, step, cfg.batch_size))
             with torch.no_grad():
                 ref_chosen, ref_rejected = sequence_logprob(reference, batch).chunk(2)
             policy_chosen, policy_rejected = sequence_logprob(policy, batch).chunk(2)
@@ -163,7 +166,7 @@ def train_dpo(
             bar.set_postfix(loss=f"{loss.item():.4f}", margin=f"{metrics['rewards/margins'].item():.3f}")
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save_state(out_dir / "state", policy, opt, step, [], seconds_before + time.perf_counter() - t0)
+                save_train_state(out_dir / "state", policy, opt, step, [], seconds_before + time.perf_counter() - t0)
         bar.close()
     policy.eval()
     if step == cfg.steps:

@@ -37,7 +37,7 @@ from training.common import Batch, MetricLog
 from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import save_checkpoint
 from workbench.models.tokenizer import tokenize_prompts
-from workbench.models.trainer import _load_state, _save_state, deterministic_cpu
+from workbench.models.trainer import load_train_state, save_train_state, deterministic_cpu
 
 log = logging.getLogger(__name__)
 RewardFn = Callable[[list[str], list[str]], Tensor]
@@ -352,7 +352,7 @@ def train_ppo(
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
         step, history, seconds_before = 0, [], 0.0  # history: the KL coefficient in force from each step on
         if resume and (state_dir / "state.json").exists():
-            step, history, seconds_before = _load_state(state_dir, model, opt)  # the workbench trainer's format
+            step, history, seconds_before = load_train_state(state_dir, model, opt)  # the workbench trainer's format
             log.info("resuming PPO from iteration %d", step)
         elif state_dir.exists():
             shutil.rmtree(state_dir)  # starting afresh: a later resume must never pick up stale state
@@ -383,7 +383,7 @@ def train_ppo(
             bar.update(1)
             bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save_state(state_dir, model, opt, step, history, seconds_before + time.perf_counter() - t0)
+                save_train_state(state_dir, model, opt, step, history, seconds_before + time.perf_counter() - t0)
         bar.close()
     policy.eval()
     save_checkpoint(policy, out_dir / "policy", extra_files={"ppo_config.json": cfg_json})

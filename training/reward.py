@@ -15,26 +15,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from training.common import PREFERENCE_COLUMNS, Batch, MetricLog, encode, load_rows
+from training.common import (
+    PREFERENCE_COLUMNS, Batch, MetricLog, device_context, encode, encode_pairs, last_completion_index, load_rows,
+    start_run, step_indices, take_pairs,
+)
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_dir, write_json
+from workbench.io import atomic_dir
 from workbench.models.checkpoint import load_checkpoint, save_checkpoint, weights_sha256
-from workbench.models.trainer import _load_state, _save_state, deterministic_cpu
+from workbench.models.trainer import load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 FORMAT = "workbench-reward-model"
@@ -79,10 +80,6 @@ class RewardModel(nn.Module):
         return values.gather(-1, last_completion_index(batch)[:, None])[:, 0]
 
 
-def last_completion_index(batch: Batch) -> Int[Tensor, " batch"]:
-    """Position of each row's last completion token (its EOS when encoded with one)."""
-    pos = torch.arange(batch.tokens.shape[1], device=batch.tokens.device)
-    return torch.where(batch.completion_mask, pos, -1).amax(-1)
 
 
 def reward_loss(
@@ -98,47 +95,14 @@ def reward_loss(
 
 # Preference-pair plumbing shared with dpo.py.
 
-def _encode_pairs(model: HookedTransformer, rows: Sequence[Mapping]) -> Batch:
-    """All pairs encoded once (which also rejects bad text before step 0): rows ``i`` and ``n + i`` are pair i's
-    chosen and rejected completions."""
-    prompts = [r["prompt"] for r in rows]
-    return encode(model, prompts + prompts, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
 
 
-def _indices(n: int, seed: int, step: int, batch_size: int) -> Int[Tensor, " batch"]:
-    """Step ``step``'s pairs: a function of ``(seed, step)`` only, so a resumed run draws the same ones."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))[:batch_size]
 
 
-def _take(pairs: Batch, idx: Int[Tensor, " batch"]) -> Batch:
-    """Pairs ``idx``, chosen rows first, without the columns that are padding in every one of them."""
-    n = pairs.tokens.shape[0] // 2
-    idx = idx.to(pairs.tokens.device)
-    idx = torch.cat([idx, idx + n])
-    mask = pairs.completion_mask[idx]
-    width = int(last_completion_index(Batch(pairs.tokens[idx], mask)).max()) + 1
-    return Batch(pairs.tokens[idx, :width], mask[:, :width])
 
 
-def _start_run(out_dir: Path, run: dict, resume: bool) -> bool:
-    """Whether to resume from ``out_dir/state``; refuses state left by a different run, clears stale state."""
-    marker, state = out_dir / "run.json", out_dir / "state"
-    if resume and (state / "state.json").exists():
-        old = json.loads(marker.read_text()) if marker.exists() else {}
-        if old != run:
-            diff = sorted(k for k in run.keys() | old.keys() if old.get(k) != run.get(k))
-            raise WorkbenchError(f"{out_dir} holds the state of a different run (differs in {diff}); delete it, "
-                                 "pass another output directory or resume=False")
-        return True
-    shutil.rmtree(state, ignore_errors=True)  # starting afresh: a later resume must never pick up stale state
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, run)
-    return False
 
 
-def _device_context(model: nn.Module, num_threads: int):
-    # Deterministic kernels on CUDA would need CUBLAS_WORKSPACE_CONFIG; bit-exact resume is promised on CPU.
-    return deterministic_cpu(num_threads) if next(model.parameters()).device.type == "cpu" else nullcontext()
 
 
 def train_reward(
@@ -166,21 +130,21 @@ def train_reward(
     rm = model if isinstance(model, RewardModel) else RewardModel(model)
     out_dir, t0 = Path(out_dir), time.perf_counter()
     run = {"method": "reward", "config": dataclasses.asdict(cfg), "initial_weights": weights_sha256(rm)}
-    with _device_context(rm, cfg.num_threads):
-        pairs = _encode_pairs(rm.body, rows)
+    with device_context(rm, cfg.num_threads):
+        pairs = encode_pairs(rm.body, rows)
         margins = (torch.tensor([float(r[cfg.margin_column]) for r in rows], dtype=rm.head.weight.dtype)
                    if cfg.margin_column else None)
         opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
         step, seconds_before = 0, 0.0
-        if _start_run(out_dir, run, resume):
-            step, _, seconds_before = _load_state(out_dir / "state", rm, opt)
+        if start_run(out_dir, run, resume):
+            step, _, seconds_before = load_train_state(out_dir / "state", rm, opt)
             log.info("resuming the reward model in %s from step %d", out_dir, step)
         metrics_log = MetricLog(out_dir / "metrics.jsonl", resume_step=step)
         rm.train()
         bar = tqdm(total=cfg.steps, initial=step, desc="reward model", disable=not progress, unit="step")
         while step < min(cfg.steps, stop_after if stop_after is not None else cfg.steps):
-            idx = _indices(len(rows), cfg.seed, step, cfg.batch_size)
-            chosen, rejected = rm(_take(pairs, idx)).chunk(2)
+            idx = step_indices(len(rows), cfg.seed, step, cfg.batch_size)
+            chosen, rejected = rm(take_pairs(pairs, idx)).chunk(2)
             loss, metrics = reward_loss(chosen, rejected, None if margins is None else margins[idx].to(chosen.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -191,7 +155,7 @@ def train_reward(
             bar.set_postfix(loss=f"{loss.item():.4f}", accuracy=f"{metrics['accuracy'].item():.2f}")
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save_state(out_dir / "state", rm, opt, step, [], seconds_before + time.perf_counter() - t0)
+                save_train_state(out_dir / "state", rm, opt, step, [], seconds_before + time.perf_counter() - t0)
         bar.close()
     rm.eval()
     if step == cfg.steps:

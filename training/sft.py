@@ -23,7 +23,7 @@ from training.common import SFT_COLUMNS, MetricLog, encode, load_rows, token_log
 from workbench.errors import WorkbenchError
 from workbench.io import write_json
 from workbench.models.checkpoint import save_checkpoint
-from workbench.models.trainer import _load_state, _save_state, deterministic_cpu
+from workbench.models.trainer import load_train_state, save_train_state, deterministic_cpu
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def train_sft(
         saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None
         if saved != asdict(cfg):
             raise WorkbenchError(f"{out} holds a run with another config; use another out_dir or resume=False")
-        start, _, _ = _load_state(state, model, opt)
+        start, _, _ = load_train_state(state, model, opt)
     write_json(out / "config.json", asdict(cfg))
     metrics_log = MetricLog(out / "metrics.jsonl", resume_step=start)
     model.train()
@@ -100,7 +100,7 @@ def train_sft(
             opt.step()
             metrics_log.write(step, metrics)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                _save_state(state, model, opt, step + 1, [], 0.0)
+                save_train_state(state, model, opt, step + 1, [], 0.0)
     model.eval()
     save_checkpoint(model, out / "model")
     return model

@@ -124,7 +124,7 @@ def deterministic_cpu(num_threads: int):
         torch.use_deterministic_algorithms(old_det)
 
 
-def _save_state(
+def save_train_state(
     path: Path, model: HookedTransformer, opt: torch.optim.Optimizer, step: int, history: list, seconds: float
 ) -> None:
     def write(tmp: Path) -> None:
@@ -138,7 +138,7 @@ def _save_state(
     atomic_dir(path, write)
 
 
-def _load_state(path: Path, model: HookedTransformer, opt: torch.optim.Optimizer) -> tuple[int, list, float]:
+def load_train_state(path: Path, model: HookedTransformer, opt: torch.optim.Optimizer) -> tuple[int, list, float]:
     meta = json.loads((path / "state.json").read_text())
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     state: dict[int, dict] = {}
@@ -182,7 +182,7 @@ def train(
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
         step, history, seconds_before = 0, [], 0.0
         if resume and (state_dir / "state" / "state.json").exists():
-            step, history, seconds_before = _load_state(state_dir / "state", model, opt)
+            step, history, seconds_before = load_train_state(state_dir / "state", model, opt)
             log.info("resuming %s from step %d", recipe.name, step)
         elif (state_dir / "state").exists():
             shutil.rmtree(state_dir / "state")  # starting afresh: never let a later resume pick up stale state
@@ -222,7 +222,7 @@ def train(
                     stop = bool(callback(step, model))
                 model.train()
             if stop or step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save_state(state_dir / "state", model, opt, step, history, seconds_before + time.perf_counter() - t0)
+                save_train_state(state_dir / "state", model, opt, step, history, seconds_before + time.perf_counter() - t0)
             if stop:
                 break
         bar.close()

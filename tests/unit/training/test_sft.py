@@ -41,7 +41,7 @@ def test_training_lowers_the_loss_and_resumes_bit_identically(tmp_path):
     assert last < first
     # A run killed after the step-8 checkpoint (simulated: the same run stopped at 8), then resumed from another
     # initialisation, ends with the same weights: everything comes back from the checkpoint.
-    part = train_sft(tiny_model(), ROWS, SFTConfig(**{**cfg.__dict__, "steps": 8}), tmp_path / "part", progress=False)
+    train_sft(tiny_model(), ROWS, SFTConfig(**{**cfg.__dict__, "steps": 8}), tmp_path / "part", progress=False)
     (tmp_path / "part" / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
     resumed = train_sft(tiny_model(seed=5), ROWS, cfg, tmp_path / "part", progress=False)
     for k, v in full.state_dict().items():
