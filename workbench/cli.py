@@ -263,6 +263,18 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    import subprocess
+
+    import apps
+
+    explorer = Path(apps.__file__).parent / "explorer.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(explorer), "--server.port", str(args.port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"workbench explorer on http://localhost:{args.port}  (Ctrl-C stops it)", file=sys.stderr)
+    return subprocess.call(cmd)
+
+
 def cmd_tasks_export(args: argparse.Namespace) -> int:
     from workbench.tasks.export import export_jsonl
 
@@ -401,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--seed", type=int, default=0)
     al.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
     al.set_defaults(fn=cmd_align)
+
+    ap = sub.add_parser("app", help="the Streamlit explorer (streamlit run apps/explorer.py)")
+    ap.add_argument("--port", type=_positive_int, default=8501)
+    ap.set_defaults(fn=cmd_app)
 
     df = sub.add_parser("diff", help="what changed from BASE to TUNED: weights, next-token KL, residual stream")
     df.add_argument("base", help="the model before tuning (organism name, checkpoint dir or local HF dir)")

@@ -14,6 +14,23 @@ import numpy as np
 from workbench.io import atomic_write
 
 
+def heatmap_figure(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, colorbar: str = "",
+                   text: np.ndarray | None = None, diverging: bool = False):
+    """The plotly figure of a ``[rows, cols]`` heatmap (columns labelled ``index:token``); the app shows it as is."""
+    import plotly.graph_objects as go
+
+    values = np.asarray(values, dtype=float)
+    lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    zkw = dict(zmin=-lim, zmax=lim, colorscale="RdBu", reversescale=True) if diverging else dict(colorscale="Viridis")
+    fig = go.Figure(go.Heatmap(
+        z=values, x=[f"{i}:{c}" for i, c in enumerate(cols)], y=list(rows), colorbar=dict(title=colorbar),
+        text=text, hovertemplate="%{y} %{x}<br>%{z:.3f}" + ("<br>%{text}" if text is not None else "") + "<extra></extra>",
+        **zkw,
+    ))
+    fig.update_layout(title=title, xaxis_title="position", yaxis_title="", yaxis_autorange="reversed")
+    return fig
+
+
 def heatmap(
     values: np.ndarray,
     rows: Sequence[str],
@@ -29,20 +46,12 @@ def heatmap(
     ``text``: optional per-cell labels (e.g. the lens's top token) shown on hover and, when small, in the PNG.
     ``diverging``: centre the colour scale on 0 (patching effects), else a sequential scale.
     """
-    import plotly.graph_objects as go
-
     values = np.asarray(values, dtype=float)
     if values.shape != (len(rows), len(cols)):
         raise ValueError(f"values {values.shape} do not match {len(rows)} rows x {len(cols)} cols")
     base = Path(path).with_suffix("")
     lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
-    zkw = dict(zmin=-lim, zmax=lim, colorscale="RdBu", reversescale=True) if diverging else dict(colorscale="Viridis")
-    fig = go.Figure(go.Heatmap(
-        z=values, x=[f"{i}:{c}" for i, c in enumerate(cols)], y=list(rows), colorbar=dict(title=colorbar),
-        text=text, hovertemplate="%{y} %{x}<br>%{z:.3f}" + ("<br>%{text}" if text is not None else "") + "<extra></extra>",
-        **zkw,
-    ))
-    fig.update_layout(title=title, xaxis_title="position", yaxis_title="", yaxis_autorange="reversed")
+    fig = heatmap_figure(values, rows, cols, title, colorbar, text, diverging)
     html = atomic_write(base.with_suffix(".html"), lambda p: p.write_text(fig.to_html(include_plotlyjs=True, full_html=True)))
     png = atomic_write(base.with_suffix(".png"), lambda p: _png(values, rows, cols, title, colorbar, text, diverging, lim, p))
     return [html, png]
