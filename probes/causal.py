@@ -4,7 +4,8 @@ A probe that reads a variable shows it is *represented*; this asks whether the m
 site, each held-out prompt's activation is moved along the probe's direction from the variable's true class
 ``c`` to ``t = (c + 1) mod n_classes`` (a carry flips; a digit goes up by one), just far enough that the probe's
 logit difference is mirrored (``logit_t - logit_c`` becomes ``logit_c - logit_t`` of the clean run, times
-``scale``). The model then completes the prompt greedily under the intervention. If the variable is used as the
+``scale``). The model then completes the prompt greedily under the intervention (the push stays on the site's
+position at every step). If the variable is used as the
 column algorithm uses it, the answer changes by exactly ``(t - c) * 10**k`` (``k`` = the variable's place value:
 column i for digits and totals, i + 1 for the carry out of column i). A random direction of the same length is
 the control: it shows how often a push of that size changes the answer at all.
@@ -117,7 +118,10 @@ def causal_check(
     rand_delta = rand / rand.norm(dim=1, keepdim=True) * delta.norm(dim=1, keepdim=True)
 
     hook = stack.hooks[layer]
-    prefix = torch.stack([model.to_tokens(texts[i])[0, : position + 1] for i in test])
+    # The prompt up to its '=' is always given whole (cutting it would make the model invent the rest of a
+    # problem); past '=', the text is teacher-forced up to the site and the rest is generated under the push.
+    eq = model.to_tokens(texts[0][: texts[0].index("=") + 1]).shape[1] - 1
+    prefix = torch.stack([model.to_tokens(texts[i])[0, : max(position, eq) + 1] for i in test])
     runs = {name: greedy_with_delta(model, prefix, hook, position, d, max_new_tokens)
             for name, d in (("clean", None), ("probe", delta), ("random", rand_delta))}
     answers = {name: [answer_of(parse_prompt(s).rest) for s in out] for name, out in runs.items()}

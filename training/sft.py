@@ -7,7 +7,6 @@ batch is drawn from (seed, step), so a resumed run sees the same batches as an u
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -19,10 +18,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from training.common import SFT_COLUMNS, MetricLog, encode, load_rows, token_logprobs
+from training.common import SFT_COLUMNS, MetricLog, encode, load_rows, start_run, token_logprobs
 from workbench.errors import WorkbenchError
-from workbench.io import write_json
-from workbench.models.checkpoint import save_checkpoint
+from workbench.models.checkpoint import save_checkpoint, weights_sha256
 from workbench.models.trainer import load_train_state, save_train_state, deterministic_cpu
 
 log = logging.getLogger(__name__)
@@ -82,12 +80,10 @@ def train_sft(
     state = out / "state"
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
-    if resume and (state / "state.json").exists():
-        saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None
-        if saved != asdict(cfg):
-            raise WorkbenchError(f"{out} holds a run with another config; use another out_dir or resume=False")
+    # Resume only the same run (config and starting weights); a fresh start clears any stale state.
+    run = {"method": "sft", "config": asdict(cfg), "initial_weights": weights_sha256(model)}
+    if start_run(out, run, resume):
         start, _, _ = load_train_state(state, model, opt)
-    write_json(out / "config.json", asdict(cfg))
     metrics_log = MetricLog(out / "metrics.jsonl", resume_step=start)
     model.train()
     with deterministic_cpu(cfg.threads):

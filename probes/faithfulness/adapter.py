@@ -38,7 +38,8 @@ class TaskAdapter(Protocol):
     def paraphrase_step(self, step: str) -> str | None:
         """An equivalent step in another surface form, same length, or None if the format has none."""
     def filler(self, length: int) -> str: ...
-    def mentions_hint(self, completion: str, hint: int) -> bool: ...
+    def mentions_hint(self, reasoning: str, hint: int) -> bool:
+        """Whether the stated reasoning (the steps only, never the answer) mentions or uses the hint."""
     def spans(self, text: str) -> dict[str, list[tuple[int, int]]]:
         """Character spans of ``operands``, ``cot`` and ``hint`` in a full text (for token-level patching)."""
 
@@ -97,10 +98,10 @@ class AdditionAdapter:
     def filler(self, length: int) -> str:
         return "." * length
 
-    def mentions_hint(self, completion: str, hint: int) -> bool:
+    def mentions_hint(self, reasoning: str, hint: int) -> bool:
         from workbench.tasks.parse import cot_mentions_hint
 
-        return cot_mentions_hint(completion, hint)
+        return cot_mentions_hint(reasoning, hint)
 
     def spans(self, text: str) -> dict[str, list[tuple[int, int]]]:
         eq = text.index("=") + 1

@@ -5,7 +5,8 @@ claims column 0's carry out is 1. For each claimed carry:
 
 * **true**: does the claim agree with the column algorithm?
 * **represented**: before anything is stated (on the prompt ``a+b=``), does a linear probe at the prompt site
-  where that carry is most decodable (held out, with a control task) read the stated value?
+  where that carry is most decodable (with a control task) read the stated value? Judged on the probe's
+  held-out prompts only (None on its training prompts).
 * **used**: intervene on the claim and see whether the answer moves by the +-10**(i+1) the carry predicts. In a
   CoT the claim is text, so the intervention is the edit: flip the written carry of step i and let the model
   continue. An explanation is not in the answer's context, so there the intervention is internal: the
@@ -18,7 +19,7 @@ from transformer_lens import HookedTransformer
 
 from probes.causal import causal_check
 from probes.faithfulness.behaviour import BaseRun, generate
-from probes.linear import ProbeConfig
+from probes.linear import ProbeConfig, split
 from probes.sweep import best_site, collect_resid, fit_site, probe_sweep
 from workbench.models.organism_eval import rate
 from workbench.tasks import formats
@@ -58,6 +59,7 @@ def claims(model: HookedTransformer, run: BaseRun, cfg: ProbeConfig = ProbeConfi
             answer = _answer_after(pre[len(run.prompts[ex]):] + c)
             sign = 1 - 2 * int(run.steps[ex][i][-2])  # carry 0 -> 1 adds, 1 -> 0 subtracts
             used_by_var.setdefault(f"carry{i}", {})[ex] = answer == run.answers[ex] + sign * 10 ** (i + 1)
+    held_out = set(split(len(run.problems), cfg.test_fraction, cfg.seed)[1].tolist())
     rows, per_var = [], {}
     for i, var in enumerate(variables):
         site = best_site(sweep, var)
@@ -75,18 +77,20 @@ def claims(model: HookedTransformer, run: BaseRun, cfg: ProbeConfig = ProbeConfi
             claim = stated[ex][i]
             rows.append({"example": ex, "prompt": run.prompts[ex], "claim": f"{var}={claim}", "variable": var,
                          "stated": claim, "true": int(v.labels[ex]), "probe_reads": int(read[ex]),
-                         "claim_true": claim == int(v.labels[ex]), "represented": read[ex] == claim,
+                         "claim_true": claim == int(v.labels[ex]),
+                         # read on the probe's held-out prompts only: its training prompts would flatter it
+                         "represented": read[ex] == claim if ex in held_out else None,
                          "used": used.get(ex), "site": f"{site['layer']}@{site['position']}:{site['token']!r}"})
         mine = [r for r in rows if r["variable"] == var]
         per_var[var] = {"probe_site": mine[0]["site"] if mine else None, "probe_accuracy": site["score"],
                         "probe_selectivity": site["selectivity"],
                         "claim_true": rate([r["claim_true"] for r in mine]),
-                        "represented": rate([r["represented"] for r in mine]),
+                        "represented": rate([r["represented"] for r in mine if r["represented"] is not None]),
                         "used": rate([r["used"] for r in mine if r["used"] is not None]),
                         "random_push_changes_answer": None if check is None else check["random_direction_changes_answer"]}
     agg = {"supported": True, "source": source, "intervention": "edit the written carry" if source == "cot" else
            "class-mean push at the probe site", "n_claims": len(rows), "claim_true": rate([r["claim_true"] for r in rows]),
-           "represented": rate([r["represented"] for r in rows]),
+           "represented": rate([r["represented"] for r in rows if r["represented"] is not None]),
            "used": rate([r["used"] for r in rows if r["used"] is not None]), "by_variable": per_var}
     return agg, rows
 

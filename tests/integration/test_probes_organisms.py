@@ -59,3 +59,11 @@ def test_carry_is_decodable_where_the_faithful_cot_writes_it():
     # The written token is the carry: readable from the embedding alone, and not because any function of the
     # column's digits is (the control stays low there).
     assert at_embedding["score"] > 0.99 and at_embedding["selectivity"] > 0.3
+
+
+def test_causal_check_before_the_equals_sign_keeps_the_whole_prompt(direct):
+    model, problems, texts, stack = direct
+    # A site inside the operands: the model must still see the whole problem, so every answer parses.
+    r = causal_check(model, stack, texts, problems, "a2", layer=3, position=4)
+    assert r["n"] == len(r["per_example"]) > 0
+    assert all(e["clean"] is not None and e["text"].count("=") == 1 for e in r["examples"])

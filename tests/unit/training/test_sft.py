@@ -39,15 +39,33 @@ def test_training_lowers_the_loss_and_resumes_bit_identically(tmp_path):
     assert len(lines) == 12
     first, last = (json.loads(line)["loss"] for line in (lines[0], lines[-1]))
     assert last < first
-    # A run killed after the step-8 checkpoint (simulated: the same run stopped at 8), then resumed from another
-    # initialisation, ends with the same weights: everything comes back from the checkpoint.
-    train_sft(tiny_model(), ROWS, SFTConfig(**{**cfg.__dict__, "steps": 8}), tmp_path / "part", progress=False)
-    (tmp_path / "part" / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
-    resumed = train_sft(tiny_model(seed=5), ROWS, cfg, tmp_path / "part", progress=False)
+    # A run killed after the step-8 checkpoint (simulated: the same run stopped at 8 by a failing step), resumed.
+    part_model = tiny_model()
+    calls = {"n": 0}
+    import training.sft as sft
+
+    real = sft._step_loss
+
+    def dies_at_9(model, rows):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real(model, rows)
+
+    sft._step_loss = dies_at_9
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_sft(part_model, ROWS, cfg, tmp_path / "part", progress=False)
+    finally:
+        sft._step_loss = real
+    resumed = train_sft(tiny_model(), ROWS, cfg, tmp_path / "part", progress=False)
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 12
     assert set(load_file(str(tmp_path / "full" / "model" / "model.safetensors")))
+    # Another starting model in the same directory is refused, not silently resumed.
+    with pytest.raises(WorkbenchError, match="different run"):
+        train_sft(tiny_model(seed=7), ROWS, cfg, tmp_path / "part", progress=False)
 
 
 def test_bad_data_names_the_columns(tmp_path):
