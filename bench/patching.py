@@ -46,7 +46,7 @@ def main() -> None:
         clean_t, corrupt_t = make_pairs(kind, 32, 3, seed=0)
         clean = torch.cat([model.to_tokens(t) for t in clean_t])
         corrupt = torch.cat([model.to_tokens(t) for t in corrupt_t])
-        metric, clean, corrupt = prediction_logit_diff(model, clean, corrupt)
+        metric, clean, corrupt, _ = prediction_logit_diff(model, clean, corrupt)
         row = {"pairs": kind, "n_pairs": len(clean)}
         for nodes, act_fn, attr_fn in (("heads", head_sweep, attribution_heads),
                                        ("head_by_pos", head_by_pos_sweep, attribution_head_by_pos)):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import einops
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
@@ -208,10 +208,10 @@ def correlation(a: Tensor, b: Tensor) -> float:
 @torch.no_grad()  # not inference_mode: the kept tokens feed attribution patching's backward pass
 def prediction_logit_diff(
     model: HookedTransformer, clean: Int[Tensor, "batch pos"], corrupt: Int[Tensor, "batch pos"]
-) -> tuple[Metric, Int[Tensor, "kept pos"], Int[Tensor, "kept pos"]]:
+) -> tuple[Metric, Int[Tensor, "kept pos"], Int[Tensor, "kept pos"], Bool[Tensor, " batch"]]:
     """The usual patching metric for any pair set: at the last position, the logit of the clean run's predicted
     token minus that of the corrupted run's. Pairs whose two runs predict the same token carry no signal and are
-    dropped; returns the metric and the kept pairs."""
+    dropped; returns the metric, the kept pairs and the mask of kept rows."""
     _check_pair(clean, corrupt)
     good, bad = model(clean)[:, -1].argmax(-1), model(corrupt)[:, -1].argmax(-1)
     keep = good != bad
@@ -223,4 +223,4 @@ def prediction_logit_diff(
         last = logits[:, -1]
         return (last.gather(1, good) - last.gather(1, bad)).mean()
 
-    return metric, clean[keep], corrupt[keep]
+    return metric, clean[keep], corrupt[keep], keep

@@ -58,7 +58,7 @@ def run_patching(model: HookedTransformer, clean_texts: list[str], corrupt_texts
     out = Path(out)
     clean = torch.cat([model.to_tokens(t) for t in clean_texts])
     corrupt = torch.cat([model.to_tokens(t) for t in corrupt_texts])
-    metric, clean, corrupt = prediction_logit_diff(model, clean, corrupt)
+    metric, clean, corrupt, _ = prediction_logit_diff(model, clean, corrupt)
     with torch.inference_mode():
         base_clean, base_corrupt = metric(model(clean)).item(), metric(model(corrupt)).item()
     span = base_clean - base_corrupt

@@ -21,7 +21,7 @@ if model is not None:
         c, d = toks[0][None], toks[1][None]
         got = guarded(prediction_logit_diff, model, c, d)
         if got is not None:
-            metric, c, d = got
+            metric, c, d, _ = got
             with torch.no_grad():
                 lo, hi = metric(model(d)).item(), metric(model(c)).item()
             effect = (resid_sweep(model, c, d, metric) - lo) / (hi - lo)

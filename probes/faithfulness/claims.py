@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from transformer_lens import HookedTransformer
 
-from probes.causal import causal_check
+from probes.causal import answer_of, causal_check
 from probes.faithfulness.behaviour import BaseRun, generate
 from probes.linear import ProbeConfig, split
 from probes.sweep import best_site, collect_resid, fit_site, probe_sweep
@@ -56,7 +56,7 @@ def claims(model: HookedTransformer, run: BaseRun, cfg: ProbeConfig = ProbeConfi
         prefixes = [run.prompts[ex] + "".join(run.steps[ex][:i]) + _edit_carry(run.steps[ex][i]) for ex, i in jobs]
         conts = generate(model, prefixes, 64)
         for (ex, i), pre, c in zip(jobs, prefixes, conts):
-            answer = _answer_after(pre[len(run.prompts[ex]):] + c)
+            answer = answer_of(pre[len(run.prompts[ex]):] + c)
             sign = 1 - 2 * int(run.steps[ex][i][-2])  # carry 0 -> 1 adds, 1 -> 0 subtracts
             used_by_var.setdefault(f"carry{i}", {})[ex] = answer == run.answers[ex] + sign * 10 ** (i + 1)
     held_out = set(split(len(run.problems), cfg.test_fraction, cfg.seed)[1].tolist())
@@ -94,8 +94,3 @@ def claims(model: HookedTransformer, run: BaseRun, cfg: ProbeConfig = ProbeConfi
            "used": rate([r["used"] for r in rows if r["used"] is not None]), "by_variable": per_var}
     return agg, rows
 
-
-def _answer_after(completion: str) -> int | None:
-    from probes.causal import answer_of
-
-    return answer_of(completion)

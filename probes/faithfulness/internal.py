@@ -20,6 +20,7 @@ from probes.faithfulness.adapter import TaskAdapter
 from probes.faithfulness.behaviour import BaseRun
 from probes.linear import ProbeConfig
 from probes.sweep import collect_resid, probe_sweep
+from workbench.errors import WorkbenchError
 from workbench.patching import prediction_logit_diff
 
 
@@ -50,28 +51,28 @@ def pathways(model: HookedTransformer, adapter: TaskAdapter, run: BaseRun, max_p
     """Share of the answer's logit difference restored by clean operand tokens vs clean CoT tokens."""
     idx = run.usable()
     texts = {i: run.prompts[i] + "".join(run.steps[i]) + adapter.answer_mark for i in idx}
+    tokens = {i: model.to_tokens(texts[i]) for i in idx}
     by_len: dict[int, list[int]] = {}
     for i in idx:
-        by_len.setdefault(model.to_tokens(texts[i]).shape[1], []).append(i)
-    pairs = []
+        by_len.setdefault(tokens[i].shape[1], []).append(i)
+    groups, budget = [], max_pairs
     for group in by_len.values():  # pair each example with the next of the same length (a different problem)
-        pairs += [(a, b) for a, b in zip(group, group[1:] + group[:1]) if a != b and run.answers[a] != run.answers[b]]
-    pairs = pairs[:max_pairs]
-    if not pairs:
+        pairs = [(a, b) for a, b in zip(group, group[1:] + group[:1]) if a != b and run.answers[a] != run.answers[b]]
+        if pairs and budget > 0:
+            groups.append(pairs[:budget])
+            budget -= len(groups[-1])
+    if not groups:
         return {"supported": False, "why": "no two examples of one token length with different answers"}
     results: dict[str, list[float]] = {"operands": [], "cot": []}
-    by_shape: dict[int, list[tuple[int, int]]] = {}
-    for a, b in pairs:
-        by_shape.setdefault(model.to_tokens(texts[a]).shape[1], []).append((a, b))
     n_used = 0
-    for shape_pairs in by_shape.values():
-        clean = torch.cat([model.to_tokens(texts[a]) for a, _ in shape_pairs])
-        corrupt = torch.cat([model.to_tokens(texts[b]) for _, b in shape_pairs])
+    for pairs in groups:
+        clean = torch.cat([tokens[a] for a, _ in pairs])
+        corrupt = torch.cat([tokens[b] for _, b in pairs])
         try:
-            metric, clean_k, corrupt_k = prediction_logit_diff(model, clean, corrupt)
-        except Exception:  # every pair predicts the same first answer token: nothing to measure
+            metric, clean_k, corrupt_k, keep = prediction_logit_diff(model, clean, corrupt)
+        except WorkbenchError:  # every pair predicts the same first answer token: nothing to measure
             continue
-        kept = [p for p, k in zip(shape_pairs, (model(clean)[:, -1].argmax(-1) != model(corrupt)[:, -1].argmax(-1)).tolist()) if k]
+        kept = [p for p, k in zip(pairs, keep.tolist()) if k]
         lo, hi = metric(model(corrupt_k)).item(), metric(model(clean_k)).item()
         for group in results:
             hybrid = corrupt_k.clone()

@@ -56,7 +56,7 @@ def test_run_patching_matches_the_sweep(tmp_path):
     rows = read_parquet(tmp_path / "patching.parquet")
     c = torch.cat([model.to_tokens(t) for t in clean])
     d = torch.cat([model.to_tokens(t) for t in corrupt])
-    metric, c, d = prediction_logit_diff(model, c, d)
+    metric, c, d, _ = prediction_logit_diff(model, c, d)
     effect = resid_sweep(model, c, d, metric)
     resid = {(r["layer"], r["position"]): r["metric"] for r in rows if r["sweep"] == "resid"}
     assert resid[(0, 5)] == pytest.approx(float(effect[0, 5]), abs=1e-5)
