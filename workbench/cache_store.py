@@ -66,8 +66,10 @@ def write_cache(
 ) -> Path:
     """Cache ``hooks`` at ``positions`` for every prompt into ``out_dir``, resuming a partial cache.
 
-    ``positions`` must be positions counted from the end (default: the last token) or ``None`` (all positions,
-    prompts of one length), so every prompt contributes the same number of rows.
+    ``positions`` are positions counted from the end (default: the last token), or ``None``: every position of
+    every prompt (what SAE training reads). Prompts of different lengths are then right-padded with zeros to the
+    longest prompt; the shard's ``lengths`` say which rows are real, and :meth:`CacheReader.iter_batches` drops
+    the padding.
     """
     out_dir = Path(out_dir)
     if isinstance(positions, slice):
@@ -75,8 +77,7 @@ def write_cache(
     if out_dir.exists() and not out_dir.is_dir():
         raise WorkbenchError(f"--out {out_dir} is a file; a cache is a directory")
     toks = tokenize_prompts(model, list(prompts))  # validates every prompt before anything is written
-    if positions is None and len({len(t) for t in toks}) > 1:
-        raise WorkbenchError("positions=None (all) needs prompts of one token length; use positions from the end")
+    pad_to = max(len(t) for t in toks) if positions is None and toks else None
     names = resolve_hooks(model, hooks)
     pos_json = positions if positions is None or isinstance(positions, int) else list(positions)
     identity = model_identity(model, model_name)
@@ -106,7 +107,7 @@ def write_cache(
             continue
         chunk_toks = toks[start : start + shard_size]
         # The user's patterns, not the expanded names: hooks a glob matched that never fire are dropped.
-        acts = cache_tokens(model, chunk_toks, hooks, positions, batch_size)
+        acts = cache_tokens(model, chunk_toks, hooks, positions, batch_size, pad_to=pad_to)
         lengths = torch.tensor([len(t) for t in chunk_toks])
         padded = torch.full((len(chunk_toks), int(lengths.max())), model.tokenizer.pad_token_id or 0, dtype=torch.long)
         for i, t in enumerate(chunk_toks):
@@ -169,11 +170,25 @@ class CacheReader:
             with safe_open(str(self.dir / s["file"]), "pt") as f:
                 yield f.get_tensor(name)
 
+    def shard_rows(self, name: str, k: int, skip_first: int = 0) -> Tensor:
+        """Shard ``k``'s activations of ``name`` as ``[rows, d]``: every cached position of every prompt (heads
+        joined into ``d``), without the padding of an all-positions cache and, there, without each prompt's first
+        ``skip_first`` positions (1 drops the BOS, whose activations are outliers an SAE should not spend on)."""
+        self._check(name)
+        with safe_open(str(self.dir / self.shards[k]["file"]), "pt") as f:
+            acts = f.get_tensor(name)
+            if self.manifest["positions"] is not None:
+                return acts.flatten(0, 1).flatten(1)
+            lengths = f.get_tensor("lengths")
+        pos = torch.arange(acts.shape[1])
+        keep = (pos[None, :] < lengths[:, None]) & (pos[None, :] >= skip_first)
+        return acts[keep].flatten(1)
+
     def iter_batches(
-        self, name: str, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+        self, name: str, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+        skip_first: int = 0,
     ) -> Iterator[Tensor]:
-        """``[batch, d]`` rows of hook ``name`` (every cached position a row; a head axis is joined into ``d``),
-        one shard in memory at a time.
+        """``[batch, d]`` rows of hook ``name`` (see :meth:`shard_rows`), one shard in memory at a time.
 
         With ``shuffle``, shard order and rows within a shard are permuted by ``seed`` (a shard-local shuffle:
         memory stays bounded by one shard).
@@ -183,9 +198,7 @@ class CacheReader:
         order = torch.randperm(len(self.shards), generator=g).tolist() if shuffle else range(len(self.shards))
         carry: Tensor | None = None
         for k in order:
-            s = self.shards[k]
-            with safe_open(str(self.dir / s["file"]), "pt") as f:
-                rows = f.get_tensor(name).flatten(0, 1).flatten(1)  # [prompts * positions, d] (heads joined)
+            rows = self.shard_rows(name, k, skip_first)
             if shuffle:
                 rows = rows[torch.randperm(len(rows), generator=g)]
             if carry is not None:

@@ -75,8 +75,13 @@ def cache_tokens(
     hooks: str | Sequence[str],
     positions: Positions = None,
     batch_size: int = 256,
+    pad_to: int | None = None,
 ) -> dict[str, Tensor]:
-    """:func:`cache_activations` for prompts already tokenized (one 1-D tensor of ids per prompt)."""
+    """:func:`cache_activations` for prompts already tokenized (one 1-D tensor of ids per prompt).
+
+    With ``positions=None`` and ``pad_to``, prompts of different lengths are allowed: every position is kept and
+    the rows are zero-padded on the right to ``pad_to`` positions (the caller keeps the lengths to unpad).
+    """
     names = resolve_hooks(model, hooks)
     if isinstance(positions, slice):
         raise WorkbenchError("positions must be an int, a list of ints, or None; not a slice")
@@ -87,7 +92,9 @@ def cache_tokens(
     from_end = positions is not None and all(i < 0 for i in pos_list)
     if pos_list and (max(abs(i) for i in pos_list) > min(lengths) or max(pos_list) >= min(lengths)):
         raise WorkbenchError(f"positions {pos_list} do not exist in the shortest prompt ({min(lengths)} tokens)")
-    if len(lengths) > 1 and not from_end:
+    if pad_to is not None and (positions is not None or pad_to < max(lengths)):
+        raise WorkbenchError(f"pad_to needs positions=None and at least {max(lengths)} positions, got {pad_to}")
+    if len(lengths) > 1 and not from_end and pad_to is None:
         raise WorkbenchError(f"prompts have different token lengths {sorted(lengths)}: pass positions counted "
                              "from the end (e.g. -1) or prompts of one length")
     if len(lengths) > 1 and any(n.endswith(PATTERN_HOOKS) for n in names):
@@ -107,7 +114,11 @@ def cache_tokens(
             for name in names:
                 act = _select(name, cache[name], positions).cpu()
                 if first:  # one buffer per hook, filled in the caller's prompt order: no concatenation copies
-                    out[name] = torch.empty((len(toks), *act.shape[1:]), dtype=act.dtype)
-                out[name][chunk] = act
+                    shape = act.shape[1:] if pad_to is None else (pad_to, *act.shape[2:])
+                    out[name] = (torch.empty if pad_to is None else torch.zeros)((len(toks), *shape), dtype=act.dtype)
+                if pad_to is None:
+                    out[name][chunk] = act
+                else:
+                    out[name][chunk, : act.shape[1]] = act
             first = False
     return out
