@@ -160,6 +160,8 @@ def _scaling_factor(stream: Iterator[Tensor], n_batches: int = 50) -> float:
     here only to skip SAELens's progress bar for a sub-second estimate)."""
     batches = list(itertools.islice(stream, n_batches))
     x = torch.cat(batches)
+    if not torch.isfinite(x).all():
+        raise WorkbenchError("the cache has non-finite activations (nan or inf); an SAE cannot be trained on them")
     return float(x.shape[-1] ** 0.5 / x.norm(dim=-1).mean())
 
 
