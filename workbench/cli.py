@@ -428,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--out", type=Path, required=True, help="output directory")
     df.set_defaults(fn=cmd_diff)
 
+    from workbench.cli_sae import register
+
+    register(sub, _positive_int, _positive_float)
+
     tasks = sub.add_parser("tasks", help="task data").add_subparsers(dest="action", required=True)
     x = tasks.add_parser("export", help="write task samples as JSONL (prompt, completion, meta)")
     x.add_argument("--format", choices=FORMATS, default="cot", help="sample format")

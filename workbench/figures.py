@@ -76,3 +76,37 @@ def _png(values, rows, cols, title, colorbar, text, diverging, lim, path: Path) 
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
+
+
+def scatter_lines(series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[str]]], title: str,
+                  xlabel: str, ylabel: str, path: str | Path, logx: bool = False) -> list[Path]:
+    """Write ``path``.html and ``path``.png of one marked line per series ``{name: (x, y, point labels)}``
+    (e.g. an SAE sweep: L0 against explained variance); returns both paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    base = Path(path).with_suffix("")
+    fig = go.Figure([go.Scatter(x=list(x), y=list(y), text=list(t), mode="lines+markers+text", name=name,
+                                textposition="top center") for name, (x, y, t) in series.items()])
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, xaxis_type="log" if logx else "linear")
+
+    def png(p: Path) -> None:
+        f, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        for name, (x, y, t) in series.items():
+            ax.plot(x, y, marker="o", label=name)
+            for xi, yi, ti in zip(x, y, t):
+                ax.annotate(ti, (xi, yi), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+        if logx:
+            ax.set_xscale("log")
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        f.tight_layout()
+        f.savefig(p, format="png")
+        plt.close(f)
+
+    html = atomic_write(base.with_suffix(".html"), lambda p: p.write_text(fig.to_html(include_plotlyjs=True, full_html=True)))
+    return [html, atomic_write(base.with_suffix(".png"), png)]

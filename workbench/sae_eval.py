@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from sae_lens.evals import ExplainedVarianceCalculator
@@ -27,8 +29,10 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from workbench.errors import WorkbenchError
+from workbench.figures import scatter_lines
+from workbench.io import write_json, write_parquet
 from workbench.models.tokenizer import tokenize_prompts
-from workbench.saes import LoadedSAE
+from workbench.saes import LoadedSAE, SAERecipe, load_sae, train_sae
 
 
 def _groups(toks: list[Tensor], batch_size: int) -> list[Tensor]:
@@ -110,3 +114,42 @@ def evaluate_sae(
         **ce, "ce_recovered": (ce["ce_ablation"] - ce["ce_sae"]) / gap if abs(gap) > 1e-12 else float("nan"),
         "density": density.tolist(),
     }
+
+
+SWEPT = {"topk": "k", "batchtopk": "k", "standard": "l1_coefficient", "jumprelu": "l0_coefficient"}
+
+
+def run_sweep(
+    model: HookedTransformer,
+    model_name: str,
+    cache_dir: str | Path,
+    hook: str,
+    values: Sequence[float],
+    eval_texts: Sequence[str],
+    out_dir: str | Path,
+    base: SAERecipe = SAERecipe(),
+    progress: bool = True,
+) -> list[dict]:
+    """Train one SAE per value of the architecture's sparsity knob (k, or the L1/L0 coefficient), evaluate each
+    on ``eval_texts``, and write ``sweep.parquet``, ``sweep.json`` and ``sweep.html/png`` (L0 against explained
+    variance and CE recovered). Every SAE is kept (``out_dir/<arch>-<value>``); finished ones are reused."""
+    out_dir = Path(out_dir)
+    knob = SWEPT["standard" if base.transcoder else base.arch]
+    rows = []
+    for v in values:
+        recipe = replace(base, **{knob: int(v) if knob == "k" else float(v)})
+        sae_dir = out_dir / f"{'transcoder' if base.transcoder else base.arch}-{v:g}"
+        if not (sae_dir / "cfg.json").is_file():
+            train_sae(model, model_name, cache_dir, hook, sae_dir, recipe, progress=progress)
+        metrics = evaluate_sae(model, load_sae(sae_dir, model), eval_texts)
+        metrics.pop("density")
+        rows.append({"knob": knob, "value": float(v), "dir": sae_dir.name, **metrics})
+    write_parquet(out_dir / "sweep.parquet", rows)
+    write_json(out_dir / "sweep.json", rows)
+    labels = [f"{knob}={r['value']:g}" for r in rows]
+    l0 = [r["l0"] for r in rows]
+    scatter_lines({"explained variance": (l0, [r["explained_variance"] for r in rows], labels),
+                   "CE recovered": (l0, [r["ce_recovered"] for r in rows], labels)},
+                  f"{model_name} {hook}: {base.arch if not base.transcoder else 'transcoder'} sweep", "L0 (active features per token)",
+                  "fraction", out_dir / "sweep", logx=True)
+    return rows

@@ -1,0 +1,184 @@
+"""``workbench sae ...`` and ``workbench circuit``: SAEs, transcoders, feature dashboards and attribution graphs.
+
+Kept apart from ``cli.py`` so each file stays readable; ``cli.build_parser`` calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+
+def texts_for(model_spec: str, n: int, split: str, seed: int, dataset: Path | None = None) -> list[str]:
+    """Training/eval text for a model: a JSONL ``dataset`` (prompt + completion), else the organism's own training
+    mix (its recipe, found by name or by a checkpoint's card), else the addition task's CoT format."""
+    from workbench.io import read_jsonl
+    from workbench.models.zoo import RECIPES, build_samples, get_recipe
+    from workbench.tasks.export import make_samples
+
+    if dataset is not None:
+        if not dataset.is_file():
+            raise WorkbenchError(f"no dataset file {dataset}")
+        try:
+            rows = read_jsonl(dataset)
+        except ValueError as e:
+            raise WorkbenchError(f"{dataset} is not JSONL: {e}") from None
+        bad = [i + 1 for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
+        if bad:
+            raise WorkbenchError(f"{dataset}: lines {bad[:5]} are not objects with a string 'prompt' field")
+        return [r["prompt"] + str(r.get("completion", "")) for r in rows][:n]
+    name = model_spec
+    card = Path(model_spec) / "card.json"
+    if card.is_file():
+        name = json.loads(card.read_text()).get("name", model_spec)
+    if name in RECIPES:
+        return [s.prompt + s.completion for s in build_samples(get_recipe(name), n, split, seed)]
+    return [s.prompt + s.completion for s in make_samples("cot", n, (2, 3), split, seed)]
+
+
+def _recipe(args: argparse.Namespace, transcoder: bool):
+    from workbench.saes import SAERecipe
+
+    return SAERecipe(arch=args.arch or ("standard" if transcoder else "topk"),
+                     d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1, l0_coefficient=args.l0, lr=args.lr,
+                     batch_size=args.batch_size, total_tokens=args.tokens, seed=args.seed,
+                     checkpoint_every=args.checkpoint_every, transcoder=transcoder)
+
+
+def _ensure_cache(args: argparse.Namespace, model, hooks: list[str]) -> Path:
+    """The cache to train on: ``--cache``, or one built (resumably) beside ``--out`` from the model's texts."""
+    from workbench.cache_store import write_cache
+
+    if args.cache is not None:
+        return args.cache
+    cache = args.out.with_name(args.out.name + ".cache")
+    texts = texts_for(args.model, args.n, "train", args.seed, args.dataset)
+    return write_cache(model, args.model, texts, hooks, cache, positions=None, shard_size=args.shard_size)
+
+
+def cmd_sae_train(args: argparse.Namespace) -> int:
+    from workbench.models.loader import load_model
+    from workbench.saes import train_sae, transcoder_hooks
+
+    _recipe(args, args.transcoder).check()  # before any caching
+    model = load_model(args.model)
+    if args.transcoder:
+        layers = range(model.cfg.n_layers)
+        cache = _ensure_cache(args, model, [h for layer in layers for h in transcoder_hooks(layer)])
+        outs = [train_sae(model, args.model, cache, transcoder_hooks(layer)[0], args.out / f"layer_{layer}",
+                          _recipe(args, True), resume=not args.no_resume) for layer in layers]
+    else:
+        if args.hook is None:
+            raise WorkbenchError("--hook is required for an SAE (e.g. blocks.1.hook_resid_post)")
+        if args.hook not in model.hook_dict:
+            raise WorkbenchError(f"{args.hook!r} is not a hook of {args.model}; e.g. blocks.0.hook_resid_post")
+        cache = _ensure_cache(args, model, [args.hook])
+        outs = [train_sae(model, args.model, cache, args.hook, args.out, _recipe(args, False),
+                          resume=not args.no_resume)]
+    summary = []
+    for out in outs:
+        info = json.loads((out / "workbench.json").read_text())
+        summary.append({"out": str(out), "hook": info["hooks"][0], "steps": info["steps"], "tokens": info["tokens"],
+                        "seconds": info["seconds"], "final": info["final"]})
+    print(json.dumps(summary if args.transcoder else summary[0], indent=2))
+    return 0
+
+
+def cmd_sae_eval(args: argparse.Namespace) -> int:
+    from workbench.io import write_json
+    from workbench.models.loader import load_model
+    from workbench.sae_eval import evaluate_sae
+    from workbench.saes import load_sae
+
+    model = load_model(args.model)
+    loaded = load_sae(args.sae, model, allow_other_model=args.allow_other_model)
+    metrics = evaluate_sae(model, loaded, texts_for(args.model, args.n, "test", args.seed, args.dataset))
+    if args.out is not None:
+        write_json(args.out, metrics)
+    metrics.pop("density")
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _values(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def cmd_sae_sweep(args: argparse.Namespace) -> int:
+    from workbench.models.loader import load_model
+    from workbench.sae_eval import run_sweep
+
+    model = load_model(args.model)
+    if args.hook not in model.hook_dict:
+        raise WorkbenchError(f"{args.hook!r} is not a hook of {args.model}; e.g. blocks.0.hook_resid_post")
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = _ensure_cache(argparse.Namespace(**{**vars(args), "out": args.out / "sae"}), model, [args.hook])
+    rows = run_sweep(model, args.model, cache, args.hook, args.values,
+                     texts_for(args.model, args.n_eval, "test", args.seed, None), args.out, _recipe(args, False))
+    keep = ("knob", "value", "l0", "explained_variance", "ce_recovered", "dead_fraction", "dense_fraction")
+    print(json.dumps([{k: r[k] for k in keep} for r in rows], indent=2))
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser, positive_int, positive_float) -> None:
+    p.add_argument("--arch", choices=["topk", "batchtopk", "jumprelu", "standard"],
+                   help="SAELens training architecture (default topk; transcoders are standard)")
+    p.add_argument("--d-sae", type=positive_int, default=1024, help="number of features")
+    p.add_argument("--k", type=positive_int, default=16, help="active features per token (topk, batchtopk)")
+    p.add_argument("--l1", type=positive_float, default=5.0, help="L1 coefficient (standard, transcoders)")
+    p.add_argument("--l0", type=positive_float, default=1.0, help="L0 coefficient (jumprelu)")
+    p.add_argument("--lr", type=positive_float, default=4e-4)
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="tokens per step")
+    p.add_argument("--tokens", type=positive_int, default=2_000_000, help="training tokens (epochs over the cache)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between resumable checkpoints")
+    p.add_argument("--cache", type=Path, help="an all-positions cache (`workbench cache --positions=all`); default: "
+                                              "build OUT.cache from --n texts")
+    p.add_argument("--n", type=positive_int, default=20_000, help="texts to cache when building the cache")
+    p.add_argument("--dataset", type=Path, help="JSONL with 'prompt' (+ 'completion'); default: the organism's "
+                                                "own training mix")
+    p.add_argument("--shard-size", type=positive_int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def register(sub, positive_int, positive_float) -> None:
+    sae = sub.add_parser("sae", help="sparse autoencoders and transcoders (SAELens format)").add_subparsers(
+        dest="action", required=True)
+    t = sae.add_parser("train", help="train an SAE on one hook, or transcoders for every layer (resumable)")
+    t.add_argument("model", help="organism name, checkpoint dir or local HF dir")
+    t.add_argument("--hook", help="the hook to train on, e.g. blocks.1.hook_resid_post")
+    t.add_argument("--transcoder", action="store_true",
+                   help="train one transcoder per layer (hook_resid_mid -> hook_mlp_out) into OUT/layer_L")
+    t.add_argument("--out", type=Path, required=True, help="SAELens SAE directory (or transcoder set directory)")
+    t.add_argument("--no-resume", action="store_true", help="start over even if OUT.work holds a run")
+    _train_args(t, positive_int, positive_float)
+    t.set_defaults(fn=cmd_sae_train)
+
+    e = sae.add_parser("eval", help="L0, explained variance, MSE, cosine, dead/dense fractions, CE loss recovered")
+    e.add_argument("sae", type=Path, help="an SAE or transcoder directory (SAELens format)")
+    e.add_argument("--model", required=True, help="the model to evaluate it on")
+    e.add_argument("--n", type=positive_int, default=1000, help="held-out texts")
+    e.add_argument("--dataset", type=Path, help="JSONL with 'prompt' (+ 'completion')")
+    e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--allow-other-model", action="store_true",
+                   help="evaluate on a model other than the one it was trained on (SAE transfer)")
+    e.add_argument("--out", type=Path, help="also write the metrics (with per-feature density) as JSON")
+    e.set_defaults(fn=cmd_sae_eval)
+
+    s = sae.add_parser("sweep", help="train and evaluate SAEs across k (or the L1/L0 coefficient); plot L0 vs "
+                                     "explained variance and CE recovered")
+    s.add_argument("model")
+    s.add_argument("--hook", required=True)
+    s.add_argument("--values", type=_values, required=True, help="comma-separated k (or coefficients), e.g. 4,8,16,32")
+    s.add_argument("--n-eval", type=positive_int, default=1000, help="held-out texts per evaluation")
+    s.add_argument("--out", type=Path, required=True)
+    _train_args(s, positive_int, positive_float)
+    s.set_defaults(fn=cmd_sae_sweep)
