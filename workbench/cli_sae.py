@@ -103,6 +103,41 @@ def cmd_sae_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def labelled_texts(model_spec: str, n: int, split: str, seed: int) -> tuple[list[str], list]:
+    """The model's texts whose problems all have the most common number of columns, with those problems (task
+    variables, and so feature labels, need aligned columns)."""
+    from collections import Counter
+
+    from workbench.tasks.parse import parse_prompt
+
+    texts = texts_for(model_spec, n, split, seed)
+    problems = [parse_prompt(t).problem for t in texts]
+    common = Counter(len(p.columns) for p in problems if p is not None).most_common(1)[0][0]
+    keep = [i for i, p in enumerate(problems) if p is not None and len(p.columns) == common]
+    return [texts[i] for i in keep], [problems[i] for i in keep]
+
+
+def cmd_sae_dashboard(args: argparse.Namespace) -> int:
+    from workbench.dashboards import build_dashboards, load_dashboard
+    from workbench.models.loader import load_model
+    from workbench.saes import load_sae
+
+    model = load_model(args.model)
+    loaded = load_sae(args.sae, model)
+    if args.dataset is not None:
+        texts, problems = texts_for(args.model, args.n, "test", args.seed, args.dataset), None
+    else:
+        texts, problems = labelled_texts(args.model, args.n, "test", args.seed)
+    out = build_dashboards(model, loaded.sae, texts, problems, args.out, n_top=args.n_top)
+    table = load_dashboard(out).table()
+    live = table[~table["dead"]]
+    print(json.dumps({"out": str(out), "features": len(table), "dead": int(table["dead"].sum()),
+                      "labelled_auroc_0.9": int((live["label_auroc"] >= 0.9).sum()),
+                      "top": live.sort_values("label_auroc", ascending=False).head(args.show)[
+                          ["id", "density", "label", "label_auroc"]].to_dict("records")}, indent=2, default=float))
+    return 0
+
+
 def _values(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
@@ -172,6 +207,18 @@ def register(sub, positive_int, positive_float) -> None:
                    help="evaluate on a model other than the one it was trained on (SAE transfer)")
     e.add_argument("--out", type=Path, help="also write the metrics (with per-feature density) as JSON")
     e.set_defaults(fn=cmd_sae_eval)
+
+    d = sae.add_parser("dashboard", help="per-feature dashboard data: top examples, histogram, density, logit "
+                                         "effects and the task variable each feature tracks (AUROC)")
+    d.add_argument("sae", type=Path, help="an SAE or transcoder directory (SAELens format)")
+    d.add_argument("--model", required=True)
+    d.add_argument("--n", type=positive_int, default=2000, help="texts to scan")
+    d.add_argument("--dataset", type=Path, help="JSONL with 'prompt' (+ 'completion'); features then get no labels")
+    d.add_argument("--n-top", type=positive_int, default=20, help="top activating examples kept per feature")
+    d.add_argument("--show", type=positive_int, default=10, help="best-labelled features printed")
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--out", type=Path, required=True, help="dashboard directory (features.parquet, examples.parquet)")
+    d.set_defaults(fn=cmd_sae_dashboard)
 
     s = sae.add_parser("sweep", help="train and evaluate SAEs across k (or the L1/L0 coefficient); plot L0 vs "
                                      "explained variance and CE recovered")
