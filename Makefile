@@ -2,7 +2,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup
+.PHONY: demo test bench setup transcoders
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
@@ -17,3 +17,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/organisms.py
+
+# Transcoders shipped with the organisms (for `workbench circuit` and the explorer's Circuit page): one per layer,
+# hook_resid_mid -> hook_mlp_out, standard ReLU + L1, trained on each organism's own training mix.
+ORGANISMS := adder-direct adder-cot-faithful adder-cot-posthoc adder-hint
+transcoders: $(STAMP)
+	for o in $(ORGANISMS); do \
+	  $(VENV)/bin/workbench sae train $$o --transcoder --d-sae 512 --l1 3 --lr 1e-3 --tokens 2000000 --n 8000 \
+	    --out runs/transcoders/$$o || exit 1; \
+	  rm -rf workbench/models/organisms/$$o/transcoders; mkdir -p workbench/models/organisms/$$o/transcoders; \
+	  for d in runs/transcoders/$$o/layer_*; do \
+	    case $$d in *.work) ;; *) cp -r $$d workbench/models/organisms/$$o/transcoders/ ;; esac; \
+	  done; \
+	done

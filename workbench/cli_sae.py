@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
@@ -164,12 +165,97 @@ def cmd_sae_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transcoder_dir(args: argparse.Namespace) -> Path:
+    from workbench.models.zoo import RECIPES, organism_dir
+
+    if args.transcoders is not None:
+        return args.transcoders
+    if args.model in RECIPES and (organism_dir(args.model) / "transcoders").is_dir():
+        return organism_dir(args.model) / "transcoders"
+    raise WorkbenchError(f"no transcoders for {args.model}: pass --transcoders DIR (made by `workbench sae train "
+                         f"{args.model} --transcoder --out DIR`)")
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "graph"
+
+
+def cmd_circuit(args: argparse.Namespace) -> int:
+    from workbench.circuits import (attribute_prompt, replacement_model, top_features, validate_by_intervention,
+                                    write_graph_json)
+    from workbench.io import write_json
+    from workbench.models.loader import load_model
+    from workbench.saes import load_transcoders
+
+    model = load_model(args.model)
+    transcoders = load_transcoders(_transcoder_dir(args), model)
+    rm = replacement_model(model, transcoders)
+    result = attribute_prompt(rm, args.prompt, max_n_logits=args.max_n_logits)
+    slug = args.slug or _slug(f"{args.model}-{args.prompt}")
+    graph = write_graph_json(result, args.out, slug, node_threshold=args.node_threshold,
+                             edge_threshold=args.edge_threshold)
+    summary = {**result.summary(), "graph": str(graph),
+               "top_features": top_features(result, n=args.top, node_threshold=args.node_threshold)}
+    if args.validate:
+        summary["validation"] = validate_by_intervention(rm, result, n_features=args.validate)
+    write_json(args.out / f"{slug}.summary.json", summary)
+    brief = {k: summary[k] for k in ("prompt", "top_token", "top_prob", "replacement_score", "completeness_score",
+                                     "seconds", "graph")}
+    if args.validate:
+        brief["validation"] = {k: summary["validation"][k] for k in ("agreement_rate", "spearman", "n_features")}
+    print(json.dumps(brief, indent=2))
+    print(f"open it: workbench circuit-serve {args.out}  (then http://localhost:8032/index.html)", file=sys.stderr)
+    return 0
+
+
+def cmd_circuit_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from workbench.circuits import serve_graphs
+
+    server = serve_graphs(args.dir, port=args.port)
+    print(f"serving {args.dir} at http://localhost:{args.port}/index.html (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.stop()
+
+
+def cmd_circuit_study(args: argparse.Namespace) -> int:
+    from probes.circuit_study import group_shares, run_circuit_study
+    from workbench.io import write_json, write_parquet
+    from workbench.models.loader import load_model
+    from workbench.saes import load_transcoders
+    from workbench.tasks.addition import Problem, sample_operands
+
+    import numpy as np
+
+    model = load_model(args.model)
+    transcoders = load_transcoders(_transcoder_dir(args), model)
+    rng = np.random.default_rng(args.seed)
+    a, b = sample_operands(args.n, (args.digits,), "test", rng)
+    problems = [Problem(int(x), int(y)) for x, y in zip(a, b)]
+    cot = args.cot if args.cot is not None else args.model != "adder-direct"
+    study = run_circuit_study(model, transcoders, problems, cot=cot)
+    rows = study.pop("rows")
+    study["grouped_by_column"] = {col: group_shares(sh, col) for col, sh in study["shares_by_column"].items()}
+    write_parquet(args.out / "graphs.parquet", rows)
+    write_json(args.out / "study.json", {"model": args.model, "cot": cot, "n_problems": args.n, **study})
+    print(json.dumps({k: study[k] for k in ("n_graphs", "skipped_wrong_prediction", "replacement_mean",
+                                            "completeness_mean", "seconds_per_graph", "grouped_by_column")},
+                     indent=2))
+    return 0
+
+
 def _train_args(p: argparse.ArgumentParser, positive_int, positive_float) -> None:
     p.add_argument("--arch", choices=["topk", "batchtopk", "jumprelu", "standard"],
                    help="SAELens training architecture (default topk; transcoders are standard)")
     p.add_argument("--d-sae", type=positive_int, default=1024, help="number of features")
     p.add_argument("--k", type=positive_int, default=16, help="active features per token (topk, batchtopk)")
-    p.add_argument("--l1", type=positive_float, default=5.0, help="L1 coefficient (standard, transcoders)")
+    p.add_argument("--l1", type=positive_float, default=3.0, help="L1 coefficient (standard, transcoders)")
     p.add_argument("--l0", type=positive_float, default=1.0, help="L0 coefficient (jumprelu)")
     p.add_argument("--lr", type=positive_float, default=4e-4)
     p.add_argument("--batch-size", type=positive_int, default=1024, help="tokens per step")
@@ -229,3 +315,35 @@ def register(sub, positive_int, positive_float) -> None:
     s.add_argument("--out", type=Path, required=True)
     _train_args(s, positive_int, positive_float)
     s.set_defaults(fn=cmd_sae_sweep)
+
+    c = sub.add_parser("circuit", help="attribution graph of a prompt's next token through per-layer transcoders "
+                                       "(circuit-tracer graph JSON)")
+    c.add_argument("model")
+    c.add_argument("prompt", help="e.g. '36+59=' (the graph explains the next token)")
+    c.add_argument("--transcoders", type=Path, help="DIR/layer_L transcoders (default: the organism's shipped set)")
+    c.add_argument("--out", type=Path, required=True, help="graph directory (SLUG.json + graph-metadata.json)")
+    c.add_argument("--slug", help="graph name (letters, digits, _ . -); default from model and prompt")
+    c.add_argument("--node-threshold", type=float, default=0.8, help="cumulative influence kept when pruning nodes")
+    c.add_argument("--edge-threshold", type=float, default=0.98, help="cumulative influence kept when pruning edges")
+    c.add_argument("--max-n-logits", type=positive_int, default=5)
+    c.add_argument("--top", type=positive_int, default=10, help="top features listed in SLUG.summary.json")
+    c.add_argument("--validate", type=int, default=10, help="ablate this many top features and compare with the "
+                                                            "graph's predictions (0: skip)")
+    c.set_defaults(fn=cmd_circuit)
+
+    cs = sub.add_parser("circuit-serve", help="serve graph JSON directories with circuit-tracer's local frontend")
+    cs.add_argument("dir", type=Path)
+    cs.add_argument("--port", type=positive_int, default=8032)
+    cs.set_defaults(fn=cmd_circuit_serve)
+
+    st = sub.add_parser("circuit-study", help="which input tokens each answer digit is computed from, over many "
+                                              "attribution graphs (the addition case study)")
+    st.add_argument("model")
+    st.add_argument("--transcoders", type=Path)
+    st.add_argument("--n", type=positive_int, default=20, help="problems")
+    st.add_argument("--digits", type=int, choices=[2, 3], default=2, help="operand digits")
+    st.add_argument("--cot", action=argparse.BooleanOptionalAction, default=None,
+                    help="continue from the model's own CoT (default: all but adder-direct)")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--out", type=Path, required=True)
+    st.set_defaults(fn=cmd_circuit_study)
