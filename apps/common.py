@@ -50,3 +50,30 @@ def valid_text(model, text: str) -> bool:
     except WorkbenchError as e:
         st.error(str(e))
         return False
+
+
+def picked_spec(key: str = "model") -> str | None:
+    """The spec (organism name or directory) that :func:`pick_model` with this ``key`` loaded: a string that keys
+    cached results."""
+    spec = st.session_state.get(key)
+    return st.session_state.get(f"{key}_dir") if spec == "a local directory..." else spec
+
+
+def beside_model(spec: str, *parts: str) -> str:
+    """A path under the model's own directory: the shipped organism's, or the local directory given."""
+    from pathlib import Path
+
+    from workbench.models.zoo import organism_dir
+
+    base = organism_dir(spec) if spec in RECIPES else Path(spec)
+    return str(base.joinpath(*parts))
+
+
+def dir_stamp(path: str) -> int:
+    """Latest modification time (ns) of the files in ``path`` and its subdirectories, two levels deep: part of a
+    cache key, so a directory rewritten in place is read again."""
+    from pathlib import Path
+
+    p = Path(path)
+    files = [p] + list(p.glob("*")) + list(p.glob("*/*")) if p.exists() else []
+    return max((f.stat().st_mtime_ns for f in files if f.is_file()), default=0)

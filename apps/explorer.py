@@ -13,5 +13,7 @@ pages = [
     st.Page("pages/probes.py", title="Probes"),
     st.Page("pages/patching.py", title="Patching"),
     st.Page("pages/faithfulness.py", title="Faithfulness"),
+    st.Page("pages/features.py", title="Features"),
+    st.Page("pages/circuit.py", title="Circuit"),
 ]
 st.navigation(pages).run()
