@@ -23,7 +23,7 @@ bench: $(STAMP)
 ORGANISMS := adder-direct adder-cot-faithful adder-cot-posthoc adder-hint
 transcoders: $(STAMP)
 	for o in $(ORGANISMS); do \
-	  $(VENV)/bin/workbench sae train $$o --transcoder --d-sae 512 --l1 3 --lr 1e-3 --tokens 2000000 --n 8000 \
+	  $(VENV)/bin/workbench sae train $$o --transcoder --d-sae 512 --l1 3 --lr 1e-3 --tokens 1000000 --n 8000 --threads 1 \
 	    --out runs/transcoders/$$o || exit 1; \
 	  rm -rf workbench/models/organisms/$$o/transcoders; mkdir -p workbench/models/organisms/$$o/transcoders; \
 	  for d in runs/transcoders/$$o/layer_*; do \

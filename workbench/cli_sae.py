@@ -46,7 +46,7 @@ def _recipe(args: argparse.Namespace, transcoder: bool):
     return SAERecipe(arch=args.arch or ("standard" if transcoder else "topk"),
                      d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1, l0_coefficient=args.l0, lr=args.lr,
                      batch_size=args.batch_size, total_tokens=args.tokens, seed=args.seed,
-                     checkpoint_every=args.checkpoint_every, transcoder=transcoder)
+                     checkpoint_every=args.checkpoint_every, num_threads=args.threads, transcoder=transcoder)
 
 
 def _ensure_cache(args: argparse.Namespace, model, hooks: list[str]) -> Path:
@@ -157,9 +157,15 @@ def cmd_sae_sweep(args: argparse.Namespace) -> int:
     if args.hook not in model.hook_dict:
         raise WorkbenchError(f"{args.hook!r} is not a hook of {args.model}; e.g. blocks.0.hook_resid_post")
     args.out.mkdir(parents=True, exist_ok=True)
-    cache = _ensure_cache(argparse.Namespace(**{**vars(args), "out": args.out / "sae"}), model, [args.hook])
-    rows = run_sweep(model, args.model, cache, args.hook, args.values,
-                     texts_for(args.model, args.n_eval, "test", args.seed, None), args.out, _recipe(args, False))
+    hooks = [args.hook]
+    if args.transcoder:
+        from workbench.saes import transcoder_hooks
+
+        hooks = list(transcoder_hooks(int(args.hook.split(".")[1])))
+    cache = _ensure_cache(argparse.Namespace(**{**vars(args), "out": args.out / "sae"}), model, hooks)
+    rows = run_sweep(model, args.model, cache, hooks[0], args.values,
+                     texts_for(args.model, args.n_eval, "test", args.seed, None), args.out,
+                     _recipe(args, args.transcoder))
     keep = ("knob", "value", "l0", "explained_variance", "ce_recovered", "dead_fraction", "dense_fraction")
     print(json.dumps([{k: r[k] for k in keep} for r in rows], indent=2))
     return 0
@@ -268,6 +274,7 @@ def _train_args(p: argparse.ArgumentParser, positive_int, positive_float) -> Non
                                                 "own training mix")
     p.add_argument("--shard-size", type=positive_int, default=4096)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (1 is faster on a busy machine)")
 
 
 def register(sub, positive_int, positive_float) -> None:
@@ -310,6 +317,8 @@ def register(sub, positive_int, positive_float) -> None:
                                      "explained variance and CE recovered")
     s.add_argument("model")
     s.add_argument("--hook", required=True)
+    s.add_argument("--transcoder", action="store_true", help="sweep the L1 coefficient of --hook's layer transcoder "
+                                                             "(--hook blocks.L.hook_resid_mid)")
     s.add_argument("--values", type=_values, required=True, help="comma-separated k (or coefficients), e.g. 4,8,16,32")
     s.add_argument("--n-eval", type=positive_int, default=1000, help="held-out texts per evaluation")
     s.add_argument("--out", type=Path, required=True)
