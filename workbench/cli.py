@@ -234,15 +234,21 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from workbench.diff import diff_report
+    from workbench.diff_mechanisms import MechanismConfig
     from workbench.models.loader import load_model
     from workbench.tasks.export import make_samples
 
+    if args.sae is not None and args.no_mechanisms:
+        raise WorkbenchError("--sae is part of the mechanism diff: drop --no-mechanisms or --sae")
     base, tuned = load_model(args.base), load_model(args.tuned)
     prompts = [s.prompt for s in make_samples(args.task, args.n, tuple(args.digits), "test", args.seed)]
-    summary = diff_report(base, tuned, prompts, args.out)
-    print(json.dumps({"out": str(args.out), **{k: summary[k] for k in ("n_prompts", "kl_mean", "kl_p90",
-                                                                        "next_token_changed", "layers", "files")}},
-                     indent=2))
+    cfg = MechanismConfig(n_probe=args.n, n_pairs=args.pairs, probe_digits=tuple(args.digits), seed=args.seed)
+    summary = diff_report(base, tuned, prompts, args.out, mechanisms=not args.no_mechanisms, mechanism_config=cfg,
+                          sae=args.sae)
+    shown = {k: summary[k] for k in ("n_prompts", "kl_mean", "kl_p90", "next_token_changed", "layers", "files")}
+    if "mechanisms" in summary:
+        shown["verdict"] = {k: summary["mechanisms"]["verdict"][k] for k in ("verdict", "representation", "evidence")}
+    print(json.dumps({"out": str(args.out), **shown}, indent=2))
     return 0
 
 
@@ -418,13 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--port", type=_positive_int, default=8501)
     ap.set_defaults(fn=cmd_app)
 
-    df = sub.add_parser("diff", help="what changed from BASE to TUNED: weights, next-token KL, residual stream")
+    df = sub.add_parser("diff", help="what changed from BASE to TUNED: weights, next-token KL, residual stream, and "
+                                     "whether the hint mechanism was removed or bypassed (probes, patching, SAE)")
     df.add_argument("base", help="the model before tuning (organism name, checkpoint dir or local HF dir)")
-    df.add_argument("tuned", help="the model after tuning (same architecture)")
-    df.add_argument("--task", choices=FORMATS, default="hint", help="prompt set (the format's prompts)")
-    df.add_argument("--n", type=_positive_int, default=500, help="prompts")
+    df.add_argument("tuned", help="the model after tuning (same architecture and tokenizer)")
+    df.add_argument("--task", choices=FORMATS, default="hint", help="prompt set of the KL/residual diff (the "
+                    "format's prompts; the mechanism diff always uses hinted prompts)")
+    df.add_argument("--n", type=_positive_int, default=500, help="prompts (KL/residual diff and probe transfer)")
+    df.add_argument("--pairs", type=_positive_int, default=64, help="hint-swap pairs for the patching difference")
     df.add_argument("--digits", type=int, nargs="+", default=[2, 3], help="operand digit counts")
     df.add_argument("--seed", type=int, default=0)
+    df.add_argument("--sae", type=Path, default=None, help="an SAE trained on BASE: evaluate it on both models and "
+                    "report feature-density shifts (labels from DIR/dashboard if built)")
+    df.add_argument("--no-mechanisms", action="store_true", help="only weights, KL and residual stream")
     df.add_argument("--out", type=Path, required=True, help="output directory")
     df.set_defaults(fn=cmd_diff)
 
