@@ -11,6 +11,7 @@ With right padding and absolute positional embeddings, a sequence's logits do no
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
@@ -18,37 +19,106 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
-from workbench.errors import WorkbenchError
-from workbench.io import read_jsonl, write_json
+from workbench.errors import NonFiniteLoss, WorkbenchError
+from workbench.io import write_json
+from workbench.models.tokenizer import is_char_tokenizer, vocabulary_chars
 from workbench.models.trainer import deterministic_cpu
 
 SFT_COLUMNS = ("prompt", "completion")
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
 
-def load_rows(source: str | Path | Iterable[Mapping], columns: Sequence[str]) -> list[dict]:
-    """Rows with string ``columns`` from a JSONL path, a list of dicts or a ``datasets.Dataset``."""
+class Rows(list):
+    """Rows (dicts) that remember where each came from (``where[i]``: ``"line 7"`` of a JSONL file, ``"row 7"``
+    of a list or dataset), so every complaint about a row names it."""
+
+    def __init__(self, rows: Iterable[dict], where: Sequence[str]):
+        super().__init__(rows)
+        self.where = list(where)
+
+
+def _report(problems: list[str], source: str, allowed: str) -> None:
+    """Raise one error listing the first ten problems, then what is allowed."""
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise WorkbenchError(f"bad rows in {source}: " + "; ".join(problems[:10]) + f"{more}. {allowed}")
+
+
+def load_rows(source: str | Path | Iterable[Mapping], columns: Sequence[str]) -> Rows:
+    """Rows with string ``columns`` from a JSONL path, a list of dicts or a ``datasets.Dataset``.
+
+    Every malformed row is reported with its line (JSONL, 1-based) or row number (0-based) rather than skipped:
+    a line that is not a JSON object, a missing or non-string column, an empty or whitespace-only text in any
+    column but ``prompt``. Blank JSONL lines are ignored.
+    """
+    problems: list[str] = []
     if isinstance(source, (str, Path)):
-        path = Path(source)
+        path, name = Path(source), str(source)
         if not path.is_file():
             raise WorkbenchError(f"no data file {path}")
-        try:
-            rows = read_jsonl(path)
-        except ValueError as e:
-            raise WorkbenchError(f"{path} is not JSONL: {e}") from None
+        rows, where = [], []
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                problems.append(f"line {n}: not JSON ({e.msg})")
+                continue
+            if not isinstance(row, dict):
+                problems.append(f"line {n}: a JSON {type(row).__name__}, not an object")
+                continue
+            rows.append(row)
+            where.append(f"line {n}")
     else:
+        name = "the data"
         rows = [dict(r) for r in source]
+        where = [f"row {i}" for i in range(len(rows))]
+    for row, at in zip(rows, where):
+        for c in columns:
+            if c not in row:
+                problems.append(f"{at}: no {c!r} column")
+            elif not isinstance(row[c], str):
+                problems.append(f"{at}: {c!r} is a {type(row[c]).__name__}, not a string")
+            elif c != "prompt" and not row[c].strip():
+                problems.append(f"{at}: empty {c!r}")
+    _report(problems, name, f"Each row needs the string columns {list(columns)} (TRL's names), non-empty texts.")
     if not rows:
-        raise WorkbenchError("no rows in the data")
-    bad = [i for i, r in enumerate(rows) if not all(isinstance(r.get(c), str) for c in columns)]
-    if bad:
-        raise WorkbenchError(f"rows {bad[:5]} lack string columns {list(columns)} (TRL's column names)")
-    return rows
+        raise WorkbenchError(f"no rows in {name}")
+    return Rows(rows, where)
+
+
+def check_vocabulary(model: HookedTransformer, rows: Sequence[Mapping], columns: Sequence[str]) -> None:
+    """Refuse rows with text the model's tokenizer cannot encode (a char tokenizer's missing characters), naming
+    each row's line, column and characters. A no-op for subword tokenizers, which encode any text."""
+    if not is_char_tokenizer(model.tokenizer):
+        return
+    allowed = vocabulary_chars(model.tokenizer)
+    where = rows.where if isinstance(rows, Rows) else [f"row {i}" for i in range(len(rows))]
+    problems = []
+    for row, at in zip(rows, where):
+        for c in columns:
+            bad = sorted(set(row[c]) - allowed)
+            if bad:
+                problems.append(f"{at}: {c!r} has {''.join(bad)!r}")
+    _report(problems, "the data", f"Characters outside the vocabulary; allowed: {''.join(sorted(allowed))!r}.")
+
+
+def check_finite(loss: Tensor, step: int, state_dir: Path, method: str) -> None:
+    """Stop on a nan/inf loss before it reaches the weights; the last checkpoint on disk is the last good one."""
+    if torch.isfinite(loss).all():
+        return
+    meta = state_dir / "state.json"
+    kept = (f"the last good checkpoint (step {json.loads(meta.read_text())['step']}) is kept in {state_dir}"
+            if meta.exists() else "no checkpoint had been written yet")
+    raise NonFiniteLoss(f"the {method} loss became {loss.item()} at step {step}; {kept}. Lower the learning rate "
+                        "or check the data; resuming continues from that checkpoint.")
 
 
 @dataclass(frozen=True)
@@ -117,8 +187,12 @@ def take_pairs(pairs: Batch, idx: Int[Tensor, " batch"]) -> Batch:
     width = int(last_completion_index(Batch(pairs.tokens[idx], mask)).max()) + 1
     return Batch(pairs.tokens[idx, :width], mask[:, :width])
 
-def start_run(out_dir: Path, run: dict, resume: bool) -> bool:
-    """Whether to resume from ``out_dir/state``; refuses state left by a different run, clears stale state."""
+def start_run(out_dir: Path, run: dict, resume: bool, writer: bool = True) -> bool:
+    """Whether to resume from ``out_dir/state``; refuses state left by a different run, clears stale state.
+
+    Under ``torchrun`` every rank calls this (so all agree, or all refuse) and only the ``writer`` (rank 0)
+    touches the directory.
+    """
     marker, state = out_dir / "run.json", out_dir / "state"
     if resume and (state / "state.json").exists():
         old = json.loads(marker.read_text()) if marker.exists() else {}
@@ -127,9 +201,10 @@ def start_run(out_dir: Path, run: dict, resume: bool) -> bool:
             raise WorkbenchError(f"{out_dir} holds the state of a different run (differs in {diff}); delete it, "
                                  "pass another output directory or resume=False")
         return True
-    shutil.rmtree(state, ignore_errors=True)  # starting afresh: a later resume must never pick up stale state
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, run)
+    if writer:
+        shutil.rmtree(state, ignore_errors=True)  # starting afresh: a later resume must never pick up stale state
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(marker, run)
     return False
 
 def device_context(model: nn.Module, num_threads: int):
@@ -152,3 +227,65 @@ class MetricLog:
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 when run plainly).
+
+    The trainers run unchanged under ``torchrun --nproc_per_node N``: every rank draws the same global batch from
+    ``(seed, step)``, keeps its own contiguous 1/N of it, and DistributedDataParallel averages the gradients, so a
+    step sees the same mean-loss gradient as one process with the whole batch (up to float summation order). Only
+    rank 0 writes the log, the checkpoints and the final model; all ranks read a checkpoint when resuming.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: Sequence | Tensor, what: str = "batch_size"):
+        """This rank's contiguous share of a global batch; the batch must split evenly."""
+        if len(items) % self.world_size:
+            raise WorkbenchError(f"{what} {len(items)} does not split over {self.world_size} processes; pass a "
+                                 f"multiple of {self.world_size}")
+        n = len(items) // self.world_size
+        return items[self.rank * n:(self.rank + 1) * n]
+
+    def wrap(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        """The module DDP-wrapped (gradients averaged over ranks in backward) when there is more than one rank.
+        ``find_unused_parameters`` for modules whose forward skips some parameters (a reward model never
+        unembeds)."""
+        if self.world_size == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, find_unused_parameters=find_unused_parameters)
+
+    def mean(self, metrics: Mapping[str, Tensor | float]) -> dict[str, Tensor]:
+        """Metrics averaged over ranks, so the logged numbers describe the global batch."""
+        if self.world_size == 1:
+            return dict(metrics)
+        keys = sorted(metrics)
+        values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(values)
+        return {k: v / self.world_size for k, v in zip(keys, values)}
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def distributed() -> Distributed:
+    """Join the ``torchrun`` process group named by the environment (gloo on CPU, NCCL on GPU), or rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available()
+        if use_cuda:  # one GPU per rank: load models after this so they land on the rank's own device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size())

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from training.common import (
-    PREFERENCE_COLUMNS, MetricLog, device_context, encode_pairs, load_rows, sequence_logprob, start_run, step_indices,
-    take_pairs,
+    PREFERENCE_COLUMNS, MetricLog, check_finite, check_vocabulary, device_context, distributed, encode_pairs,
+    load_rows, sequence_logprob, start_run, step_indices, take_pairs,
 )
 
 from workbench.models.checkpoint import save_checkpoint, weights_sha256
@@ -130,45 +130,54 @@ def train_dpo(
     steps, as a kill would (for tests).
     """
     rows = load_rows(rows, PREFERENCE_COLUMNS)
+    check_vocabulary(policy, rows, PREFERENCE_COLUMNS)
     if reference is None:
         reference = copy.deepcopy(policy)
     reference.eval().requires_grad_(False)
-    out_dir, t0 = Path(out_dir), time.perf_counter()
+    out_dir, t0, ddp = Path(out_dir), time.perf_counter(), distributed()
     run = {"method": "dpo", "config": cfg.to_json(), "initial_weights": weights_sha256(policy),
            "reference_weights": weights_sha256(reference)}
     with device_context(policy, cfg.num_threads):
         pairs = encode_pairs(policy, rows)
         opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
         step, seconds_before = 0, 0.0
-        if start_run(out_dir, run, resume):
+        if start_run(out_dir, run, resume, writer=ddp.is_main):
             step, _, seconds_before = load_train_state(out_dir / "state", policy, opt)
             log.info("resuming DPO in %s from step %d", out_dir, step)
-        metrics_log = MetricLog(out_dir / "metrics.jsonl", resume_step=step)
+        ddp.barrier()
+        model = ddp.wrap(policy)  # the policy itself on one process; DDP around it under torchrun
+        metrics_log = MetricLog(out_dir / "metrics.jsonl", resume_step=step) if ddp.is_main else None
         policy.train()
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.loss_fn.__name__}", disable=not progress, unit="step")
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.loss_fn.__name__}", unit="step",
+                   disable=not progress or not ddp.is_main)
         while step < min(cfg.steps, stop_after if stop_after is not None else cfg.steps):
-            batch = take_pairs(pairs, step_indices(len(rows), cfg.seed, step, cfg.batch_size))
+            idx = ddp.shard(step_indices(len(rows), cfg.seed, step, cfg.batch_size))
+            batch = take_pairs(pairs, idx)
             with torch.no_grad():
                 ref_chosen, ref_rejected = sequence_logprob(reference, batch).chunk(2)
-            policy_chosen, policy_rejected = sequence_logprob(policy, batch).chunk(2)
+            policy_chosen, policy_rejected = sequence_logprob(model, batch).chunk(2)
             loss, metrics = cfg.loss_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg.beta)
             if cfg.rpo_alpha:
                 n_tokens = batch.completion_mask.chunk(2)[0].sum()
                 nll = -policy_chosen.sum() / n_tokens
                 loss = loss + cfg.rpo_alpha * nll
                 metrics = {**metrics, "nll_loss": nll.detach()}
+            metrics = ddp.mean({"loss": loss.detach(), **metrics})  # the global batch's numbers
+            check_finite(metrics["loss"], step, out_dir / "state", "DPO")  # every rank sees the same mean
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             opt.step()
-            metrics_log.write(step, {"loss": loss.detach(), **metrics})  # logged as the step that was taken
+            if metrics_log:
+                metrics_log.write(step, metrics)  # logged as the step that was taken
             step += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}", margin=f"{metrics['rewards/margins'].item():.3f}")
+            bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", margin=f"{float(metrics['rewards/margins']):.3f}")
             bar.update(1)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if ddp.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 save_train_state(out_dir / "state", policy, opt, step, [], seconds_before + time.perf_counter() - t0)
         bar.close()
     policy.eval()
-    if step == cfg.steps:
+    if step == cfg.steps and ddp.is_main:
         save_checkpoint(policy, out_dir / "model")
+    ddp.barrier()  # no rank returns before the final model is on disk
     return policy

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from training.common import Batch, MetricLog
-from workbench.errors import WorkbenchError
+from training.common import Batch, Distributed, MetricLog, check_finite, distributed
+from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.models.checkpoint import save_checkpoint
 from workbench.models.tokenizer import tokenize_prompts
 from workbench.models.trainer import load_train_state, save_train_state, deterministic_cpu
@@ -301,12 +301,18 @@ def rollout(
 
 
 def ppo_update(
-    model: PolicyWithValue, opt: torch.optim.Optimizer, ro: Rollout, cfg: PPOConfig, generator: torch.Generator
+    model: nn.Module, opt: torch.optim.Optimizer, ro: Rollout, cfg: PPOConfig, generator: torch.Generator,
+    ddp: Distributed = Distributed(), state_dir: Path | None = None, iteration: int = 0,
 ) -> list[dict[str, float]]:
-    """``ppo_epochs`` passes of clipped updates over shuffled minibatches; returns each minibatch's metrics."""
-    out = []
+    """``ppo_epochs`` passes of clipped updates over shuffled minibatches; returns each minibatch's metrics.
+
+    ``model`` is a :class:`PolicyWithValue` (or DDP around one, whose rollout is this rank's share: each rank
+    then takes ``minibatch_size / world_size`` sequences per gradient step). A nan/inf loss on any rank stops
+    every rank before the weights change.
+    """
+    out, size = [], cfg.minibatch_size // ddp.world_size
     for _ in range(cfg.ppo_epochs):
-        for idx in torch.randperm(len(ro.batch.tokens), generator=generator).split(cfg.minibatch_size):
+        for idx in torch.randperm(len(ro.batch.tokens), generator=generator).split(size):
             idx = idx.to(ro.batch.tokens.device)
             tokens, mask = ro.batch.tokens[idx], ro.batch.completion_mask[idx]
             logits, values = model(tokens[:, :-1])
@@ -314,8 +320,10 @@ def ppo_update(
             p_loss, p_metrics = policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], mask, cfg.cliprange)
             v_loss, v_metrics = value_loss(F.pad(values, (1, 0)), ro.values[idx], ro.returns[idx], mask,
                                            cfg.cliprange_value)
+            loss = p_loss + cfg.vf_coef * v_loss
+            check_finite(ddp.mean({"loss": loss.detach()})["loss"], iteration, state_dir or Path("state"), "PPO")
             opt.zero_grad(set_to_none=True)
-            (p_loss + cfg.vf_coef * v_loss).backward()
+            loss.backward()
             opt.step()
             out.append({k: float(v) for k, v in {**p_metrics, **v_metrics}.items()})
     return out
@@ -343,7 +351,10 @@ def train_ppo(
     marker, state_dir = out_dir / "ppo_config.json", out_dir / "state"
     if resume and marker.exists() and json.loads(marker.read_text()) != cfg_json:
         raise WorkbenchError(f"{out_dir} holds a PPO run with another config; delete it or pass another directory")
-    on_cpu = torch.device(policy.cfg.device).type == "cpu"
+    on_cpu, ddp = torch.device(policy.cfg.device).type == "cpu", distributed()
+    if cfg.batch_size % ddp.world_size or cfg.minibatch_size % ddp.world_size:
+        raise WorkbenchError(f"batch_size {cfg.batch_size} and minibatch_size {cfg.minibatch_size} must split over "
+                             f"{ddp.world_size} processes; pass multiples of {ddp.world_size}")
     with deterministic_cpu(cfg.num_threads) if on_cpu else nullcontext():
         reference = copy.deepcopy(policy) if reference is None else reference
         reference.eval().requires_grad_(False)
@@ -354,27 +365,37 @@ def train_ppo(
         if resume and (state_dir / "state.json").exists():
             step, history, seconds_before = load_train_state(state_dir, model, opt)  # the workbench trainer's format
             log.info("resuming PPO from iteration %d", step)
-        elif state_dir.exists():
+        elif state_dir.exists() and ddp.is_main:
             shutil.rmtree(state_dir)  # starting afresh: a later resume must never pick up stale state
-        out_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(cfg_json))
-        metric_log = MetricLog(out_dir / "metrics.jsonl", resume_step=step)
+        if ddp.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(cfg_json))
+        ddp.barrier()
+        wrapped = ddp.wrap(model)  # the policy and value head on one process; DDP around them under torchrun
+        metric_log = MetricLog(out_dir / "metrics.jsonl", resume_step=step) if ddp.is_main else None
         kl_coef, t0 = history[-1]["kl_coef"] if history else cfg.kl_coef, time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=step, desc="ppo", disable=not progress, unit="it")
+        bar = tqdm(total=cfg.steps, initial=step, desc="ppo", disable=not progress or not ddp.is_main, unit="it")
         while step < cfg.steps:
             # Everything random in an iteration comes from (seed, iteration): a resumed run repeats it exactly.
+            # Every rank draws the same global prompts and rolls out its own share, with its own sampling seed.
             iteration_seed = cfg.seed * 1_000_003 + step
             g = torch.Generator().manual_seed(iteration_seed)
             batch_prompts = [prompts[i] for i in torch.randint(len(prompts), (cfg.batch_size,), generator=g).tolist()]
             model.eval()
             with torch.random.fork_rng(devices=[] if on_cpu else None):  # leave the caller's RNG alone
-                torch.manual_seed(iteration_seed)
-                ro, metrics = rollout(model, reference, reward_fn, batch_prompts, cfg, kl_coef)
+                torch.manual_seed(iteration_seed + 7_919 * 1_000_003 * ddp.rank)
+                ro, metrics = rollout(model, reference, reward_fn, ddp.shard(batch_prompts), cfg, kl_coef)
+            metrics = ddp.mean(metrics)
+            if not torch.isfinite(torch.as_tensor(metrics["objective/scores"])):
+                raise NonFiniteLoss(f"the reward function returned nan/inf scores at iteration {step}; nothing of "
+                                    "this iteration was applied")
             model.train()
-            updates = ppo_update(model, opt, ro, cfg, g)
-            metrics.update({k: sum(u[k] for u in updates) / len(updates) for k in updates[0]})
+            updates = ppo_update(wrapped, opt, ro, cfg, g, ddp, state_dir, step)
+            metrics.update(ddp.mean({k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}))
+            metrics = {k: float(v) for k, v in metrics.items()}
             metrics["objective/kl_coef"] = kl_coef
-            metric_log.write(step, metrics)
+            if metric_log:
+                metric_log.write(step, metrics)
             if cfg.adaptive_kl:
                 kl_coef = adaptive_kl_coef(kl_coef, metrics["objective/kl"], cfg.target_kl, cfg.batch_size,
                                            cfg.horizon)
@@ -382,9 +403,11 @@ def train_ppo(
             history.append({"step": step, "kl_coef": kl_coef})
             bar.update(1)
             bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if ddp.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 save_train_state(state_dir, model, opt, step, history, seconds_before + time.perf_counter() - t0)
         bar.close()
     policy.eval()
-    save_checkpoint(policy, out_dir / "policy", extra_files={"ppo_config.json": cfg_json})
+    if ddp.is_main:
+        save_checkpoint(policy, out_dir / "policy", extra_files={"ppo_config.json": cfg_json})
+    ddp.barrier()  # no rank returns before the final policy is on disk
     return policy

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from training.common import (
-    PREFERENCE_COLUMNS, Batch, MetricLog, device_context, encode, encode_pairs, last_completion_index, load_rows,
-    start_run, step_indices, take_pairs,
+    PREFERENCE_COLUMNS, Batch, MetricLog, check_finite, check_vocabulary, device_context, distributed, encode,
+    encode_pairs, last_completion_index, load_rows, start_run, step_indices, take_pairs,
 )
 from workbench.errors import WorkbenchError
 from workbench.io import atomic_dir
@@ -93,18 +93,6 @@ def reward_loss(
     return loss, {"accuracy": (diff > 0).float().mean(), "margin": diff.mean()}
 
 
-# Preference-pair plumbing shared with dpo.py.
-
-
-
-
-
-
-
-
-
-
-
 def train_reward(
     model: HookedTransformer | RewardModel,
     rows: str | Path | Iterable[Mapping],
@@ -128,7 +116,8 @@ def train_reward(
             raise WorkbenchError(f"rows {bad[:5]} lack a number in the margin column {cfg.margin_column!r}; "
                                  f"columns needed: {list(columns)}")
     rm = model if isinstance(model, RewardModel) else RewardModel(model)
-    out_dir, t0 = Path(out_dir), time.perf_counter()
+    check_vocabulary(rm.body, rows, PREFERENCE_COLUMNS)
+    out_dir, t0, ddp = Path(out_dir), time.perf_counter(), distributed()
     run = {"method": "reward", "config": dataclasses.asdict(cfg), "initial_weights": weights_sha256(rm)}
     with device_context(rm, cfg.num_threads):
         pairs = encode_pairs(rm.body, rows)
@@ -136,30 +125,37 @@ def train_reward(
                    if cfg.margin_column else None)
         opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
         step, seconds_before = 0, 0.0
-        if start_run(out_dir, run, resume):
+        if start_run(out_dir, run, resume, writer=ddp.is_main):
             step, _, seconds_before = load_train_state(out_dir / "state", rm, opt)
             log.info("resuming the reward model in %s from step %d", out_dir, step)
-        metrics_log = MetricLog(out_dir / "metrics.jsonl", resume_step=step)
+        ddp.barrier()
+        model = ddp.wrap(rm, find_unused_parameters=True)  # DDP under torchrun; the unembedding is never used
+        metrics_log = MetricLog(out_dir / "metrics.jsonl", resume_step=step) if ddp.is_main else None
         rm.train()
-        bar = tqdm(total=cfg.steps, initial=step, desc="reward model", disable=not progress, unit="step")
+        bar = tqdm(total=cfg.steps, initial=step, desc="reward model", unit="step",
+                   disable=not progress or not ddp.is_main)
         while step < min(cfg.steps, stop_after if stop_after is not None else cfg.steps):
-            idx = step_indices(len(rows), cfg.seed, step, cfg.batch_size)
-            chosen, rejected = rm(take_pairs(pairs, idx)).chunk(2)
+            idx = ddp.shard(step_indices(len(rows), cfg.seed, step, cfg.batch_size))
+            chosen, rejected = model(take_pairs(pairs, idx)).chunk(2)
             loss, metrics = reward_loss(chosen, rejected, None if margins is None else margins[idx].to(chosen.device))
+            metrics = ddp.mean({"loss": loss.detach(), **metrics})  # the global batch's numbers
+            check_finite(metrics["loss"], step, out_dir / "state", "reward-model")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.max_grad_norm)
             opt.step()
-            metrics_log.write(step, {"loss": loss.detach(), **metrics})  # logged as the step that was taken
+            if metrics_log:
+                metrics_log.write(step, metrics)  # logged as the step that was taken
             step += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}", accuracy=f"{metrics['accuracy'].item():.2f}")
+            bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", accuracy=f"{float(metrics['accuracy']):.2f}")
             bar.update(1)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if ddp.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 save_train_state(out_dir / "state", rm, opt, step, [], seconds_before + time.perf_counter() - t0)
         bar.close()
     rm.eval()
-    if step == cfg.steps:
+    if step == cfg.steps and ddp.is_main:
         save_reward_model(rm, out_dir / "model")
+    ddp.barrier()  # no rank returns before the final model is on disk
     return rm
 
 

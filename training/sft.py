@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Float
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from training.common import SFT_COLUMNS, MetricLog, encode, load_rows, start_run, token_logprobs
+from training.common import (
+    SFT_COLUMNS, MetricLog, check_finite, check_vocabulary, distributed, encode, load_rows, start_run, token_logprobs,
+)
 from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import save_checkpoint, weights_sha256
 from workbench.models.trainer import load_train_state, save_train_state, deterministic_cpu
@@ -59,9 +61,11 @@ def sft_loss(
     return loss, metrics
 
 
-def _step_loss(model: HookedTransformer, rows: list[dict]) -> tuple[Tensor, dict[str, float]]:
+def _step_loss(model: HookedTransformer, rows: list[dict], forward: nn.Module | None = None
+               ) -> tuple[Tensor, dict[str, float]]:
+    """The loss on ``rows``; ``forward`` is what runs the tokens (the model, or DDP around it under torchrun)."""
     batch = encode(model, [r["prompt"] for r in rows], [r["completion"] for r in rows])
-    logp, logits = token_logprobs(model, batch)
+    logp, logits = token_logprobs(forward or model, batch)
     correct = logits.argmax(-1) == batch.tokens
     return sft_loss(logp, batch.completion_mask, correct)
 
@@ -76,27 +80,36 @@ def train_sft(
 ) -> HookedTransformer:
     """Fine-tune ``model`` in place on ``data``; writes ``metrics.jsonl``, ``state/`` (resumable) and ``model/``."""
     rows = load_rows(data, SFT_COLUMNS)
-    out = Path(out_dir)
+    check_vocabulary(model, rows, SFT_COLUMNS)
+    out, ddp = Path(out_dir), distributed()
     state = out / "state"
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     # Resume only the same run (config and starting weights); a fresh start clears any stale state.
     run = {"method": "sft", "config": asdict(cfg), "initial_weights": weights_sha256(model)}
-    if start_run(out, run, resume):
+    if start_run(out, run, resume, writer=ddp.is_main):
         start, _, _ = load_train_state(state, model, opt)
-    metrics_log = MetricLog(out / "metrics.jsonl", resume_step=start)
+    ddp.barrier()
+    wrapped = ddp.wrap(model)  # the model itself on one process; DDP around it under torchrun
+    metrics_log = MetricLog(out / "metrics.jsonl", resume_step=start) if ddp.is_main else None
     model.train()
     with deterministic_cpu(cfg.threads):
-        for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="sft", disable=not progress):
+        for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="sft",
+                         disable=not progress or not ddp.is_main):
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            idx = torch.randint(len(rows), (min(cfg.batch_size, len(rows)),), generator=g).tolist()
-            loss, metrics = _step_loss(model, [rows[i] for i in idx])
+            idx = ddp.shard(torch.randint(len(rows), (min(cfg.batch_size, len(rows)),), generator=g).tolist())
+            loss, metrics = _step_loss(model, [rows[i] for i in idx], wrapped)
+            metrics = ddp.mean(metrics)  # the global batch's numbers
+            check_finite(torch.as_tensor(metrics["loss"]), step, state, "SFT")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            metrics_log.write(step, metrics)
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            if metrics_log:
+                metrics_log.write(step, metrics)
+            if ddp.is_main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
                 save_train_state(state, model, opt, step + 1, [], 0.0)
     model.eval()
-    save_checkpoint(model, out / "model")
+    if ddp.is_main:
+        save_checkpoint(model, out / "model")
+    ddp.barrier()  # no rank returns before the final model is on disk
     return model

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from workbench.cache_store import CacheReader
-from workbench.errors import WorkbenchError
+from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.io import atomic_dir, write_json
 from workbench.models.checkpoint import weights_sha256
 from workbench.models.trainer import deterministic_cpu
@@ -62,10 +62,6 @@ log = logging.getLogger(__name__)
 
 ARCHS = ("topk", "batchtopk", "jumprelu", "standard")
 TRANSCODER_IN, TRANSCODER_OUT = "hook_resid_mid", "hook_mlp_out"
-
-
-class NonFiniteLoss(WorkbenchError):
-    pass
 
 
 @dataclass(frozen=True)
