@@ -15,5 +15,6 @@ pages = [
     st.Page("pages/faithfulness.py", title="Faithfulness"),
     st.Page("pages/features.py", title="Features"),
     st.Page("pages/circuit.py", title="Circuit"),
+    st.Page("pages/alignment_diff.py", title="Alignment diff"),
 ]
 st.navigation(pages).run()
