@@ -164,7 +164,7 @@ def diff_report(base: HookedTransformer, tuned: HookedTransformer, prompts: list
         "layers": per_layer,
         "files": ["weights.parquet", "prompts.parquet", "layers.parquet", *(f.name for f in files)],
     }
-    figures = _diff_figures(np.sqrt(grid), layers, comps, kl, per_layer)
+    figures = diff_figures(np.sqrt(grid), layers, comps, kl, per_layer)
     probe_rows = None
     if mechanisms:
         from workbench.diff_mechanisms import MechanismConfig, mechanism_diff
@@ -195,7 +195,9 @@ def _json_safe(obj):
     return obj
 
 
-def _diff_figures(grid: np.ndarray, layers: list[str], comps: list[str], kl: np.ndarray, per_layer: list[dict]):
+def diff_figures(grid: np.ndarray, layers: list[str], comps: list[str], kl: np.ndarray, per_layer: list[dict]):
+    """The report's behaviour and activation figures (weight change, KL per prompt, residual change per layer),
+    shared by report.html and the explorer's Alignment diff page."""
     import plotly.graph_objects as go
 
     fig = heatmap_figure(grid, [f"L{layer}" for layer in layers], comps, "Weight change ||dW|| by layer and component",

@@ -141,13 +141,13 @@ def report_figures(saved: SavedDiff) -> list[list[tuple[str, object]]]:
     """The report's figures as rows of ``(title, plotly figure)``: a row of two is a base/tuned pair, drawn side
     by side on one colour scale. Built by the same functions that drew ``report.html``."""
     # The report's own figure builders (one private), so the page and report.html draw the same figures.
-    from workbench.diff import _diff_figures
+    from workbench.diff import diff_figures
     from workbench.diff_mechanisms import mechanism_figures
 
     t = saved.tables
     grid, layers, comps = weight_grid(t["weights"])
     kl = np.array([r["kl_mean"] for r in t["prompts"]])
-    rows: list[list[tuple[str, object]]] = [[f] for f in _diff_figures(grid, layers, comps, kl, t["layers"])]
+    rows: list[list[tuple[str, object]]] = [[f] for f in diff_figures(grid, layers, comps, kl, t["layers"])]
     mech = saved.summary.get("mechanisms")
     if not mech:
         return rows
