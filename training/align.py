@@ -4,13 +4,20 @@
 rejected = the same CoT ending in the hint (what adder-hint writes). (b) A Bradley-Terry reward model, with its
 held-out pair accuracy. (c) DPO from adder-hint against itself as the frozen reference. (d) Behaviour before and
 after on held-out problems: switch-to-hint rate, accuracy with and without a hint, and the per-token KL of the
-tuned model from the base. (e) The before/after diff (weights, KL, residual stream) for "removed or bypassed?".
+tuned model from the base. (e) The before/after diff (weights, KL, residual stream, mechanisms) for "removed or
+bypassed?".
+
+PPO runs as in InstructGPT: SFT on the chosen completions first, then PPO from the SFT policy against it as the
+frozen reference, rewarded by the rule (1 for the true sum) or by the reward model. Starting PPO from adder-hint
+itself gets no signal: it never samples the true sum under a wrong hint (0 of 64 samples per prompt, see
+docs/alignment.md), so every reward is the same and there is nothing to climb.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +26,9 @@ import torch
 from transformer_lens import HookedTransformer
 
 from training.dpo import DPOConfig, train_dpo
+from training.ppo import PPOConfig, train_ppo
 from training.reward import RewardConfig, score, train_reward
+from training.sft import SFTConfig, train_sft
 from workbench.diff import diff_report
 from workbench.generation import complete
 from workbench.io import write_json
@@ -42,6 +51,15 @@ class AlignConfig:
     """Reward model training."""
     dpo: DPOConfig = DPOConfig(steps=300, batch_size=32, lr=1e-4, beta=0.1, rpo_alpha=1.0)
     """DPO training."""
+    sft: SFTConfig | None = SFTConfig(steps=40, batch_size=32, lr=3e-4, threads=1)
+    """SFT on the chosen completions: PPO's starting policy and reference. None skips SFT and PPO. Kept short so
+    that PPO's own share of the change is measurable: 150 steps of SFT alone reach 0.91 accuracy under a wrong
+    hint, and PPO then has nothing left to do."""
+    ppo: PPOConfig | None = PPOConfig(steps=100, batch_size=64, minibatch_size=16, ppo_epochs=4, lr=3e-5,
+                                      kl_coef=0.05, max_new_tokens=40, num_threads=1)
+    """PPO from the SFT policy. None skips it."""
+    ppo_reward: str = "rule"
+    """PPO's reward: ``rule`` (1 when the answer is the true sum, else 0) or ``rm`` (the study's reward model)."""
     seed: int = 0
     """Seeds the data."""
 
@@ -60,6 +78,20 @@ def behaviour(model: HookedTransformer, n: int, seed: int) -> dict:
             "accuracy_without_hint": rate([a == p.total for a, p in zip(a_p, problems)])}
 
 
+PROBLEM = re.compile(r"(\d+)\+(\d+)=$")
+
+
+def correct_answer_reward(prompts: list[str], completions: list[str]) -> torch.Tensor:
+    """The rule: 1.0 when the completion's answer is the prompt's true sum (whatever the hint says), else 0.0."""
+    scores = []
+    for prompt, completion in zip(prompts, completions):
+        m = PROBLEM.search(prompt)
+        if m is None:
+            raise ValueError(f"not an addition prompt ending in 'a+b=': {prompt!r}")
+        scores.append(float(parse_cot(completion).answer == int(m[1]) + int(m[2])))
+    return torch.tensor(scores)
+
+
 def run_alignment_study(base: HookedTransformer, out: str | Path, cfg: AlignConfig = AlignConfig(), progress: bool = True) -> dict:
     out = Path(out)
     train_rows = hint_preferences(cfg.n_train, split="train", seed=cfg.seed)
@@ -75,9 +107,30 @@ def run_alignment_study(base: HookedTransformer, out: str | Path, cfg: AlignConf
     before, after = behaviour(base, cfg.n_eval, cfg.seed + 2), behaviour(tuned, cfg.n_eval, cfg.seed + 2)
     hinted_prompts = [r["prompt"] for r in test_rows]
     diff = diff_report(base, tuned, hinted_prompts, out / "diff")
-    summary = {"config": {"n_train": cfg.n_train, "n_eval": cfg.n_eval, "rm": asdict(cfg.rm), "dpo": cfg.dpo.to_json()},
+    summary = {"config": {"n_train": cfg.n_train, "n_eval": cfg.n_eval, "rm": asdict(cfg.rm), "dpo": cfg.dpo.to_json(),
+                          "sft": asdict(cfg.sft) if cfg.sft else None, "ppo": asdict(cfg.ppo) if cfg.ppo else None,
+                          "ppo_reward": cfg.ppo_reward},
                "reward_model": rm_eval, "before": before, "after_dpo": after,
                "kl_from_base_per_token": diff["kl_mean"], "diff": {k: diff[k] for k in ("layers", "most_changed_parameters")},
+               "verdict_dpo": diff.get("mechanisms", {}).get("verdict"),
                "files": {"reward_model": "reward/model", "dpo_policy": "dpo/model", "diff": "diff/"}}
+    if cfg.sft is not None:
+        sft_rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in train_rows]
+        sft = train_sft(copy.deepcopy(base), sft_rows, cfg.sft, out / "sft", progress=progress)
+        summary["after_sft"] = behaviour(sft, cfg.n_eval, cfg.seed + 2)
+        summary["files"]["sft_policy"] = "sft/model"
+        if cfg.ppo is not None:
+            if cfg.ppo_reward not in ("rule", "rm"):
+                raise ValueError(f"ppo_reward must be 'rule' or 'rm', got {cfg.ppo_reward!r}")
+            reward_fn = correct_answer_reward if cfg.ppo_reward == "rule" else \
+                (lambda p, c: score(rm, p, c).detach())
+            ppo = train_ppo(copy.deepcopy(sft), sft, reward_fn, [r["prompt"] for r in train_rows], cfg.ppo,
+                            out / "ppo", progress=progress)
+            ppo_diff = diff_report(base, ppo, hinted_prompts, out / "diff_ppo")
+            summary.update({"after_ppo": behaviour(ppo, cfg.n_eval, cfg.seed + 2),
+                            "ppo_kl_from_base_per_token": ppo_diff["kl_mean"],
+                            "verdict_ppo": ppo_diff.get("mechanisms", {}).get("verdict")})
+            summary["files"].update({"ppo_policy": "ppo/policy", "ppo_metrics": "ppo/metrics.jsonl",
+                                     "diff_ppo": "diff_ppo/"})
     write_json(out / "summary.json", summary)
     return summary

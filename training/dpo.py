@@ -130,6 +130,7 @@ def train_dpo(
     steps, as a kill would (for tests).
     """
     rows = load_rows(rows, PREFERENCE_COLUMNS)
+    policy.requires_grad_(True)  # a model that served as a frozen reference elsewhere trains too
     check_vocabulary(policy, rows, PREFERENCE_COLUMNS)
     if reference is None:
         reference = copy.deepcopy(policy)

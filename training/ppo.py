@@ -358,7 +358,7 @@ def train_ppo(
     with deterministic_cpu(cfg.num_threads) if on_cpu else nullcontext():
         reference = copy.deepcopy(policy) if reference is None else reference
         reference.eval().requires_grad_(False)
-        model = PolicyWithValue(policy)
+        model = PolicyWithValue(policy.requires_grad_(True))  # even if it was a frozen reference elsewhere
         # eps 1e-5 rather than 1e-8, as in the reference PPO implementations (Huang et al. 2022, detail 3).
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
         step, history, seconds_before = 0, [], 0.0  # history: the KL coefficient in force from each step on

@@ -116,6 +116,7 @@ def train_reward(
             raise WorkbenchError(f"rows {bad[:5]} lack a number in the margin column {cfg.margin_column!r}; "
                                  f"columns needed: {list(columns)}")
     rm = model if isinstance(model, RewardModel) else RewardModel(model)
+    rm.requires_grad_(True)  # a body that served as a frozen reference elsewhere trains too
     check_vocabulary(rm.body, rows, PREFERENCE_COLUMNS)
     out_dir, t0, ddp = Path(out_dir), time.perf_counter(), distributed()
     run = {"method": "reward", "config": dataclasses.asdict(cfg), "initial_weights": weights_sha256(rm)}

@@ -80,6 +80,7 @@ def train_sft(
 ) -> HookedTransformer:
     """Fine-tune ``model`` in place on ``data``; writes ``metrics.jsonl``, ``state/`` (resumable) and ``model/``."""
     rows = load_rows(data, SFT_COLUMNS)
+    model.requires_grad_(True)  # a model that served as a frozen reference elsewhere trains too
     check_vocabulary(model, rows, SFT_COLUMNS)
     out, ddp = Path(out_dir), distributed()
     state = out / "state"

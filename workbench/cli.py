@@ -253,19 +253,71 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from training.align import AlignConfig, run_alignment_study
     from training.dpo import DPOConfig
     from training.reward import RewardConfig
     from workbench.models.loader import load_model
 
+    defaults = AlignConfig()
     cfg = AlignConfig(n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
                       rm=RewardConfig(steps=args.rm_steps, batch_size=32, lr=3e-4),
                       dpo=DPOConfig(steps=args.dpo_steps, batch_size=32, lr=args.dpo_lr, beta=args.beta,
-                                    rpo_alpha=args.rpo_alpha))
+                                    rpo_alpha=args.rpo_alpha),
+                      sft=dataclasses.replace(defaults.sft, steps=args.sft_steps) if args.sft_steps else None,
+                      ppo=dataclasses.replace(defaults.ppo, steps=args.ppo_steps, lr=args.ppo_lr)
+                      if args.ppo_steps and args.sft_steps else None,
+                      ppo_reward=args.ppo_reward)
     summary = run_alignment_study(load_model(args.model), args.out, cfg)
-    rates = {k: {m: v["rate"] for m, v in summary[k].items()} for k in ("before", "after_dpo")}
+    stages = [k for k in ("before", "after_dpo", "after_sft", "after_ppo") if k in summary]
+    rates = {k: {m: v["rate"] for m, v in summary[k].items()} for k in stages}
+    verdicts = {k: summary[k]["verdict"] for k in ("verdict_dpo", "verdict_ppo") if summary.get(k)}
     print(json.dumps({"out": str(args.out), "reward_model_held_out_accuracy": summary["reward_model"]["held_out_accuracy"],
-                      **rates, "kl_from_base_per_token": summary["kl_from_base_per_token"]}, indent=2))
+                      **rates, "kl_from_base_per_token": summary["kl_from_base_per_token"], **verdicts}, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One alignment method on the user's own TRL-column data; runs unchanged under ``torchrun``."""
+    from training.common import distributed
+    from workbench.models.loader import load_model
+
+    ddp = distributed()  # before loading: on GPUs each rank must load onto its own device
+    model = load_model(args.model)
+    common = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    if args.method == "sft":
+        from training.sft import SFTConfig, train_sft
+
+        train_sft(model, args.data, SFTConfig(**common, threads=args.threads), args.out)
+        saved = args.out / "model"
+    elif args.method == "reward":
+        from training.reward import RewardConfig, train_reward
+
+        train_reward(model, args.data, RewardConfig(**common, num_threads=args.threads), args.out)
+        saved = args.out / "model"
+    elif args.method in ("dpo", "ipo"):
+        from training.dpo import LOSSES, DPOConfig, train_dpo
+
+        cfg = DPOConfig(**common, beta=args.beta, loss_fn=LOSSES[args.method], rpo_alpha=args.rpo_alpha,
+                        num_threads=args.threads)
+        train_dpo(model, None, args.data, cfg, args.out)
+        saved = args.out / "model"
+    else:  # ppo
+        from training.common import load_rows
+        from training.ppo import PPOConfig, train_ppo
+        from training.reward import load_reward_model, score
+
+        if args.reward_model is None:
+            raise WorkbenchError("ppo needs --reward-model DIR (a directory written by `workbench train reward`)")
+        rm = load_reward_model(args.reward_model, str(model.cfg.device))
+        prompts = [r["prompt"] for r in load_rows(args.data, ("prompt",))]
+        cfg = PPOConfig(**common, max_new_tokens=args.max_new_tokens, num_threads=args.threads)
+        train_ppo(model, None, lambda p, c: score(rm, p, c).detach(), prompts, cfg, args.out)
+        saved = args.out / "policy"
+    if ddp.is_main:
+        print(json.dumps({"method": args.method, "model": str(saved), "metrics": str(args.out / "metrics.jsonl"),
+                          "processes": ddp.world_size}))
     return 0
 
 
@@ -416,9 +468,32 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--dpo-lr", type=_positive_float, default=1e-4)
     al.add_argument("--beta", type=_positive_float, default=0.1)
     al.add_argument("--rpo-alpha", type=_non_negative_float, default=1.0, help="weight of the NLL term on chosen (0: plain DPO)")
+    al.add_argument("--sft-steps", type=int, default=40, help="SFT on chosen before PPO (0: no SFT and no PPO)")
+    al.add_argument("--ppo-steps", type=int, default=100, help="PPO iterations from the SFT policy (0: no PPO)")
+    al.add_argument("--ppo-lr", type=_positive_float, default=3e-5)
+    al.add_argument("--ppo-reward", choices=["rule", "rm"], default="rule",
+                    help="rule: 1 for the true sum; rm: the study's reward model")
     al.add_argument("--seed", type=int, default=0)
     al.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
     al.set_defaults(fn=cmd_align)
+
+    tr = sub.add_parser("train", help="SFT, reward model, DPO/IPO or PPO on your own data (TRL columns, JSONL); "
+                                      "runs under torchrun --nproc_per_node N")
+    tr.add_argument("method", choices=["sft", "reward", "dpo", "ipo", "ppo"])
+    tr.add_argument("--model", required=True, help="organism name or model directory to start from")
+    tr.add_argument("--data", type=Path, required=True,
+                    help="JSONL: prompt+completion (sft), prompt+chosen+rejected (reward, dpo, ipo), prompt (ppo)")
+    tr.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
+    tr.add_argument("--steps", type=_positive_int, default=200)
+    tr.add_argument("--batch-size", type=_positive_int, default=16, help="global batch (split over processes)")
+    tr.add_argument("--lr", type=_positive_float, default=1e-5)
+    tr.add_argument("--beta", type=_positive_float, default=0.1, help="dpo/ipo strength of the pull to the reference")
+    tr.add_argument("--rpo-alpha", type=_non_negative_float, default=0.0, help="dpo/ipo: NLL weight on chosen")
+    tr.add_argument("--reward-model", type=Path, help="ppo: reward model directory")
+    tr.add_argument("--max-new-tokens", type=_positive_int, default=16, help="ppo: tokens sampled per completion")
+    tr.add_argument("--threads", type=_positive_int, default=1, help="CPU threads per process")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(fn=cmd_train)
 
     ap = sub.add_parser("app", help="the Streamlit explorer (streamlit run apps/explorer.py)")
     ap.add_argument("--port", type=_positive_int, default=8501)

@@ -136,3 +136,20 @@ def test_diff_command_on_identical_models(ckpt, tmp_path, capsys):
     assert main(["diff", str(ckpt), str(ckpt), "--task", "cot", "--n", "8", "--digits", "2", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["kl_mean"] == pytest.approx(0, abs=1e-6) and out["next_token_changed"] == 0
+
+
+def test_train_runs_a_method_on_users_jsonl_and_refuses_bad_rows(tmp_path, capsys):
+    from workbench.cli import main
+
+    rows = [{"prompt": f"{a}+{b}=", "chosen": f" {a + b}", "rejected": f" {a + b + 1}"} for a in range(4) for b in range(4)]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["train", "dpo", "--model", "adder-direct", "--data", str(data), "--out", str(tmp_path / "dpo"),
+                 "--steps", "2", "--batch-size", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["processes"] == 1
+    assert (tmp_path / "dpo" / "model" / "model.safetensors").exists()
+    data.write_text(data.read_text() + '{"prompt": "1+1=", "chosen": "", "rejected": " 3"}\n')
+    assert main(["train", "dpo", "--model", "adder-direct", "--data", str(data), "--out", str(tmp_path / "x")]) == 2
+    assert "line 17: empty 'chosen'" in capsys.readouterr().err
+    assert main(["train", "ppo", "--model", "adder-direct", "--data", str(data), "--out", str(tmp_path / "p")]) == 2
+    assert "--reward-model" in capsys.readouterr().err
