@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
+from training.common import plot_metrics
 from training.dpo import DPOConfig, train_dpo
 from training.ppo import PPOConfig, train_ppo
 from training.reward import RewardConfig, score, train_reward
@@ -132,5 +133,8 @@ def run_alignment_study(base: HookedTransformer, out: str | Path, cfg: AlignConf
                             "verdict_ppo": ppo_diff.get("mechanisms", {}).get("verdict")})
             summary["files"].update({"ppo_policy": "ppo/policy", "ppo_metrics": "ppo/metrics.jsonl",
                                      "diff_ppo": "diff_ppo/"})
+    for stage in ("reward", "dpo", "sft", "ppo"):  # training curves beside each stage's metrics.jsonl
+        if (out / stage / "metrics.jsonl").exists():
+            plot_metrics(out / stage / "metrics.jsonl")
     write_json(out / "summary.json", summary)
     return summary

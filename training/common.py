@@ -289,3 +289,40 @@ def distributed() -> Distributed:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def plot_metrics(log: str | Path, out: str | Path | None = None, keys: Sequence[str] | None = None) -> Path:
+    """Training curves from a ``metrics.jsonl``: one panel per metric against the step, as a PNG (default: beside
+    the log, ``metrics.png``). ``keys`` picks and orders the metrics (default: all of them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from workbench.io import atomic_write
+
+    log = Path(log)
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line]
+    if not rows:
+        raise WorkbenchError(f"{log} holds no metrics yet")
+    keys = list(keys) if keys else [k for k in rows[0] if k != "step"]
+    cols = min(4, len(keys))
+    fig, axes = plt.subplots((len(keys) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.4 * ((len(keys) + cols - 1) // cols)),
+                             squeeze=False, dpi=100)
+    steps = [r["step"] for r in rows]
+    for ax, key in zip(axes.flat, keys):
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows], lw=1)
+        ax.set_title(key, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+
+    def write(path: Path) -> None:
+        fig.savefig(path, format="png")
+
+    try:
+        return atomic_write(Path(out) if out else log.with_name("metrics.png"), write)
+    finally:
+        plt.close(fig)

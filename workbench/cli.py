@@ -316,8 +316,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_ppo(model, None, lambda p, c: score(rm, p, c).detach(), prompts, cfg, args.out)
         saved = args.out / "policy"
     if ddp.is_main:
+        from training.common import plot_metrics
+
+        plot = plot_metrics(args.out / "metrics.jsonl")
         print(json.dumps({"method": args.method, "model": str(saved), "metrics": str(args.out / "metrics.jsonl"),
-                          "processes": ddp.world_size}))
+                          "curves": str(plot), "processes": ddp.world_size}))
     return 0
 
 

@@ -24,4 +24,5 @@ def test_dpo_stops_adder_hint_following_wrong_hints(tmp_path):
     assert {"after_ppo", "verdict_ppo", "ppo_kl_from_base_per_token"} <= s.keys()
     metrics = (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 3 and "objective/scores" in metrics[0]
+    assert all((tmp_path / stage / "metrics.png").exists() for stage in ("reward", "dpo", "sft", "ppo"))
     assert (tmp_path / "ppo" / "policy" / "model.safetensors").exists() and (tmp_path / "diff_ppo" / "report.html").exists()

@@ -147,7 +147,7 @@ def test_train_runs_a_method_on_users_jsonl_and_refuses_bad_rows(tmp_path, capsy
     assert main(["train", "dpo", "--model", "adder-direct", "--data", str(data), "--out", str(tmp_path / "dpo"),
                  "--steps", "2", "--batch-size", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["processes"] == 1
-    assert (tmp_path / "dpo" / "model" / "model.safetensors").exists()
+    assert (tmp_path / "dpo" / "model" / "model.safetensors").exists() and (tmp_path / "dpo" / "metrics.png").exists()
     data.write_text(data.read_text() + '{"prompt": "1+1=", "chosen": "", "rejected": " 3"}\n')
     assert main(["train", "dpo", "--model", "adder-direct", "--data", str(data), "--out", str(tmp_path / "x")]) == 2
     assert "line 17: empty 'chosen'" in capsys.readouterr().err

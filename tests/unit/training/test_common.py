@@ -93,3 +93,16 @@ def test_a_nan_loss_stops_the_reward_model_and_sft(tmp_path):
     with pytest.raises(NonFiniteLoss, match="SFT loss became nan"):
         train_sft(model, [{"prompt": "1+1=", "completion": "2"}], SFTConfig(steps=2, batch_size=1, threads=1),
                   tmp_path / "sft", progress=False)
+
+
+def test_training_curves_are_plotted_from_the_metric_log(tmp_path):
+    from training.common import MetricLog, plot_metrics
+
+    log = MetricLog(tmp_path / "metrics.jsonl")
+    for step in range(5):
+        log.write(step, {"loss": 1.0 / (step + 1), "rewards/margins": 0.1 * step})
+    png = plot_metrics(tmp_path / "metrics.jsonl")
+    assert png == tmp_path / "metrics.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(WorkbenchError, match="no metrics"):
+        plot_metrics(tmp_path / "empty.jsonl")
