@@ -123,8 +123,14 @@ def _acts_and_grads(model: HookedTransformer, corrupt: Tensor, metric: Metric, n
     def save_grad(grad: Tensor, *, hook: HookPoint) -> None:
         grads[hook.name] = grad.detach()
 
+    def track(act: Tensor, *, hook: HookPoint) -> Tensor:
+        # A frozen model (every parameter requires_grad=False, e.g. a DPO reference) builds no graph at all; the
+        # embeddings made a leaf that requires grad give every later activation one, without touching the weights.
+        return act if act.requires_grad else act.detach().requires_grad_(True)
+
+    roots = [(n, track) for n in ("hook_embed", "hook_pos_embed") if n in model.hook_dict]
     with torch.enable_grad(), model.hooks(
-        fwd_hooks=[(n, save_act) for n in names], bwd_hooks=[(n, save_grad) for n in names]
+        fwd_hooks=roots + [(n, save_act) for n in names], bwd_hooks=[(n, save_grad) for n in names]
     ):
         metric(model(corrupt)).backward()
     model.zero_grad(set_to_none=True)

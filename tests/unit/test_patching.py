@@ -89,3 +89,17 @@ def test_spearman():
     assert spearman(a, a ** 3) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
     assert spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([0.0, 0.0, 5.0])) == pytest.approx(1.0)
+
+
+def test_attribution_works_on_a_frozen_model_and_leaves_it_frozen(setup):
+    # A model used as a frozen reference (e.g. by DPO) has requires_grad=False everywhere: same numbers.
+    model, clean, corrupt, _, metric = setup
+    expected = attribution_patching(model, clean, corrupt, metric), attribution_heads(model, clean, corrupt, metric)
+    model.requires_grad_(False)
+    try:
+        got = attribution_patching(model, clean, corrupt, metric), attribution_heads(model, clean, corrupt, metric)
+        assert not any(p.requires_grad or p.grad is not None for p in model.parameters())
+    finally:
+        model.requires_grad_(True)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e)
