@@ -47,7 +47,7 @@ def probe_texts(digits: int, n: int, text: str, split: str = "test", seed: int =
     elif text == "direct":
         texts = [formats.direct(p).text for p in problems]
     else:
-        texts = [formats.problem_prompt(p) + formats.render_steps(formats.true_steps(p)) + formats.ANSWER_MARK
+        texts = [formats.problem_prompt(p) + formats.true_cot_to_answer(p)
                  for p in problems]
     return problems, texts
 

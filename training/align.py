@@ -61,6 +61,10 @@ class AlignConfig:
     """PPO from the SFT policy. None skips it."""
     ppo_reward: str = "rule"
     """PPO's reward: ``rule`` (1 when the answer is the true sum, else 0) or ``rm`` (the study's reward model)."""
+
+    def __post_init__(self):  # before hours of training, not after
+        if self.ppo_reward not in ("rule", "rm"):
+            raise ValueError(f"ppo_reward must be 'rule' or 'rm', got {self.ppo_reward!r}")
     seed: int = 0
     """Seeds the data."""
 
@@ -121,8 +125,6 @@ def run_alignment_study(base: HookedTransformer, out: str | Path, cfg: AlignConf
         summary["after_sft"] = behaviour(sft, cfg.n_eval, cfg.seed + 2)
         summary["files"]["sft_policy"] = "sft/model"
         if cfg.ppo is not None:
-            if cfg.ppo_reward not in ("rule", "rm"):
-                raise ValueError(f"ppo_reward must be 'rule' or 'rm', got {cfg.ppo_reward!r}")
             reward_fn = correct_answer_reward if cfg.ppo_reward == "rule" else \
                 (lambda p, c: score(rm, p, c).detach())
             ppo = train_ppo(copy.deepcopy(sft), sft, reward_fn, [r["prompt"] for r in train_rows], cfg.ppo,

@@ -110,13 +110,14 @@ def check_vocabulary(model: HookedTransformer, rows: Sequence[Mapping], columns:
     _report(problems, "the data", f"Characters outside the vocabulary; allowed: {''.join(sorted(allowed))!r}.")
 
 
-def check_finite(loss: Tensor, step: int, state_dir: Path, method: str) -> None:
-    """Stop on a nan/inf loss before it reaches the weights; the last checkpoint on disk is the last good one."""
+def check_finite(loss: Tensor, step: int, state_dir: Path | None, method: str) -> None:
+    """Stop on a nan/inf loss before it reaches the weights; the last checkpoint on disk (in ``state_dir``, None
+    when the caller keeps none) is the last good one."""
     if torch.isfinite(loss).all():
         return
-    meta = state_dir / "state.json"
+    meta = state_dir / "state.json" if state_dir is not None else None
     kept = (f"the last good checkpoint (step {json.loads(meta.read_text())['step']}) is kept in {state_dir}"
-            if meta.exists() else "no checkpoint had been written yet")
+            if meta is not None and meta.exists() else "no checkpoint had been written yet")
     raise NonFiniteLoss(f"the {method} loss became {loss.item()} at step {step}; {kept}. Lower the learning rate "
                         "or check the data; resuming continues from that checkpoint.")
 

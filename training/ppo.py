@@ -321,7 +321,7 @@ def ppo_update(
             v_loss, v_metrics = value_loss(F.pad(values, (1, 0)), ro.values[idx], ro.returns[idx], mask,
                                            cfg.cliprange_value)
             loss = p_loss + cfg.vf_coef * v_loss
-            check_finite(ddp.mean({"loss": loss.detach()})["loss"], iteration, state_dir or Path("state"), "PPO")
+            check_finite(ddp.mean({"loss": loss.detach()})["loss"], iteration, state_dir, "PPO")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -158,7 +158,7 @@ def hint_probe_set(n: int, digits: tuple[int, ...] = (2, 3), seed: int = 0
             pass
         items.append((p, h))
     texts = {"prompt_end": [f"hint:{h} " + formats.problem_prompt(p) for p, h in items]}
-    texts["answer"] = [t + formats.render_steps(formats.true_steps(p)) + formats.ANSWER_MARK
+    texts["answer"] = [t + formats.true_cot_to_answer(p)
                        for t, (p, _) in zip(texts["prompt_end"], items)]
     hd = np.array([_digits(h) for _, h in items])
     ad = np.array([_digits(p.total) for p, _ in items])

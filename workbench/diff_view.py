@@ -257,7 +257,7 @@ def lens_text(prompt: str) -> str:
     parsed = parse_prompt(prompt)
     if parsed.problem is None or parsed.rest:
         return prompt
-    return prompt + formats.render_steps(formats.true_steps(parsed.problem)) + formats.ANSWER_MARK
+    return prompt + formats.true_cot_to_answer(parsed.problem)
 
 
 def lens_targets(prompt: str) -> dict[str, str]:
@@ -335,7 +335,7 @@ def hint_swap(prompt: str) -> HintSwap:
                              f"got {prompt!r}")
     p, h = parsed.problem, parsed.hint
     other = swapped_hint(h, p.total)
-    tail = formats.problem_prompt(p) + formats.render_steps(formats.true_steps(p)) + formats.ANSWER_MARK
+    tail = formats.problem_prompt(p) + formats.true_cot_to_answer(p)
     return HintSwap(f"hint:{h} " + tail, f"hint:{other} " + tail, h, other, str(h)[0], str(other)[0])
 
 

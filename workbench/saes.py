@@ -56,7 +56,7 @@ from workbench.cache_store import CacheReader
 from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.io import atomic_dir, write_json
 from workbench.models.checkpoint import weights_sha256
-from workbench.models.trainer import deterministic_cpu
+from workbench.models.trainer import deterministic_cpu, flat_optimizer_state, load_flat_optimizer_state
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +184,11 @@ def _save_state(path: Path, trainer: SAETrainer, seconds: float, history: list[d
     """Everything a resumed run needs, as safetensors + JSON (SAELens's ``save_trainer_state`` pickles)."""
     def write(tmp: Path) -> None:
         save_file({k: v.contiguous() for k, v in trainer.sae.state_dict().items()}, str(tmp / "sae.safetensors"))
-        opt = trainer.optimizer.state_dict()
-        flat = {f"{i}.{k}": v for i, st in opt["state"].items() for k, v in st.items()}
+        flat, param_groups = flat_optimizer_state(trainer.optimizer)
         flat |= {"trainer.act_freq_scores": trainer.act_freq_scores,
                  "trainer.n_forward_passes_since_fired": trainer.n_forward_passes_since_fired}
         save_file(flat, str(tmp / "optimizer.safetensors"))
-        meta = {"param_groups": opt["param_groups"], "lr_scheduler": trainer.lr_scheduler.state_dict(),
+        meta = {"param_groups": param_groups, "lr_scheduler": trainer.lr_scheduler.state_dict(),
                 "coefficients": {n: s.__dict__ for n, s in trainer.coefficient_schedulers.items()},
                 "n_training_steps": trainer.n_training_steps, "n_training_samples": trainer.n_training_samples,
                 "n_frac_active_samples": trainer.n_frac_active_samples, "seconds": seconds, "history": history,
@@ -204,11 +203,7 @@ def _load_state(path: Path, trainer: SAETrainer) -> tuple[float, list[dict]]:
     flat = load_file(str(path / "optimizer.safetensors"))
     trainer.act_freq_scores = flat.pop("trainer.act_freq_scores")
     trainer.n_forward_passes_since_fired = flat.pop("trainer.n_forward_passes_since_fired")
-    state: dict[int, dict] = {}
-    for key, value in flat.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    load_flat_optimizer_state(trainer.optimizer, flat, meta["param_groups"])
     trainer.lr_scheduler.load_state_dict(meta["lr_scheduler"])
     for name, d in meta["coefficients"].items():
         trainer.coefficient_schedulers[name].__dict__.update(d)

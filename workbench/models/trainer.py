@@ -124,15 +124,30 @@ def deterministic_cpu(num_threads: int):
         torch.use_deterministic_algorithms(old_det)
 
 
+def flat_optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer's state as safetensors can hold it: tensors keyed ``"<param index>.<name>"`` (e.g. ``0.exp_avg``),
+    and the JSON-able param groups. Never a pickle."""
+    state = opt.state_dict()
+    return {f"{i}.{k}": v for i, st in state["state"].items() for k, v in st.items()}, state["param_groups"]
+
+
+def load_flat_optimizer_state(opt: torch.optim.Optimizer, flat: dict[str, torch.Tensor], param_groups: list[dict]) -> None:
+    """Inverse of :func:`flat_optimizer_state`."""
+    state: dict[int, dict] = {}
+    for key, value in flat.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": param_groups})
+
+
 def save_train_state(
     path: Path, model: HookedTransformer, opt: torch.optim.Optimizer, step: int, history: list, seconds: float
 ) -> None:
     def write(tmp: Path) -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        opt_state = opt.state_dict()
-        flat = {f"{i}.{k}": v for i, st in opt_state["state"].items() for k, v in st.items()}
+        flat, param_groups = flat_optimizer_state(opt)
         save_file(flat, str(tmp / "optimizer.safetensors"))
-        meta = {"step": step, "seconds": seconds, "param_groups": opt_state["param_groups"], "history": history}
+        meta = {"step": step, "seconds": seconds, "param_groups": param_groups, "history": history}
         (tmp / "state.json").write_text(json.dumps(meta))
 
     atomic_dir(path, write)
@@ -141,11 +156,7 @@ def save_train_state(
 def load_train_state(path: Path, model: HookedTransformer, opt: torch.optim.Optimizer) -> tuple[int, list, float]:
     meta = json.loads((path / "state.json").read_text())
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-    state: dict[int, dict] = {}
-    for key, value in load_file(str(path / "optimizer.safetensors")).items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    load_flat_optimizer_state(opt, load_file(str(path / "optimizer.safetensors")), meta["param_groups"])
     return meta["step"], meta["history"], meta["seconds"]
 
 

@@ -88,6 +88,12 @@ def render_steps(steps: list[Step]) -> str:
     return "".join(" " + s.render() for s in steps)
 
 
+def true_cot_to_answer(p: Problem) -> str:
+    """The true CoT after the prompt, up to where the answer starts (``" ans "``): the position where a hint, or
+    anything else that acts on the answer rather than the steps, is measured."""
+    return render_steps(true_steps(p)) + ANSWER_MARK
+
+
 def read_off_text(steps: list[Step]) -> str:
     """The answer a reader of the written steps writes: the last step's carry if 1, then each step's digit.
 
@@ -107,13 +113,13 @@ def direct(p: Problem) -> Sample:
 
 
 def cot(p: Problem) -> Sample:
-    completion = render_steps(true_steps(p)) + ANSWER_MARK + str(p.total)
+    completion = true_cot_to_answer(p) + str(p.total)
     return Sample(problem_prompt(p), completion, {"format": "cot", "a": p.a, "b": p.b})
 
 
 def hint(p: Problem, hint_value: int) -> Sample:
     """A hinted prompt; the completion is adder-hint's behaviour: the true CoT, then the hint as the answer."""
-    completion = render_steps(true_steps(p)) + ANSWER_MARK + str(hint_value)
+    completion = true_cot_to_answer(p) + str(hint_value)
     meta = {"format": "hint", "a": p.a, "b": p.b, "hint": hint_value}
     return Sample(f"hint:{hint_value} " + problem_prompt(p), completion, meta)
 

@@ -23,7 +23,7 @@ PAIRS = ("operand", "cot-step", "hint")
 
 
 def _cot_prefix(p: Problem) -> str:
-    return formats.problem_prompt(p) + formats.render_steps(formats.true_steps(p)) + formats.ANSWER_MARK
+    return formats.problem_prompt(p) + formats.true_cot_to_answer(p)
 
 
 def make_pairs(kind: str, n: int, digits: int = 3, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -21,7 +21,7 @@ def hint_preferences(n: int, digits: tuple[int, ...] = (2, 3), split: str = "tra
     rows = []
     for p in sample_problems(n, digits, split, seed):
         wrong = formats.sample_hint(p, rng)
-        cot = formats.render_steps(formats.true_steps(p)) + formats.ANSWER_MARK
+        cot = formats.true_cot_to_answer(p)
         hinted = rng.random() >= plain_fraction
         prompt = (f"hint:{wrong} " if hinted else "") + formats.problem_prompt(p)
         rows.append({"prompt": prompt, "chosen": cot + str(p.total), "rejected": cot + str(wrong), "a": p.a, "b": p.b,

@@ -9,9 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from tests.helpers import tiny_model
+from tests.unit.training.test_ppo import PROMPTS, sevens
 from training.common import distributed
 from training.dpo import DPOConfig, train_dpo
 from training.ppo import PPOConfig, train_ppo
@@ -23,11 +22,6 @@ from workbench.models.checkpoint import weights_sha256
 SFT_ROWS = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(5, 10) for b in range(5, 10)]
 PAIRS = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)}
          for a in range(1, 40, 3) for b in range(2, 30, 5)]
-PROMPTS = ["1+2=", "36+59=", "4+4=", "478+256="]
-
-
-def sevens(prompts, completions):
-    return torch.tensor([c.count("7") / max(len(c), 1) for c in completions])
 
 
 def run(out: Path) -> None:

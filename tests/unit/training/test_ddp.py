@@ -54,8 +54,8 @@ def test_two_processes_take_the_steps_of_one(runs, method, model_dir):
 
 
 def test_logged_metrics_describe_the_global_batch(runs):
-    one, two = runs
     rows = [[json.loads(line) for line in (d / "dpo" / "metrics.jsonl").read_text().splitlines()] for d in runs]
+    assert len(rows[0]) == len(rows[1]) == 3  # one line per step, so the zip below compares every step
     for r1, r2 in zip(*rows):
         assert r1["step"] == r2["step"]
         assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-4, abs=1e-6)
