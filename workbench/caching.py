@@ -50,7 +50,13 @@ def _fired(names: list[str], cached: dict, requested: str | Sequence[str]) -> li
     if silent_exact := [n for n in silent if n in exact]:
         raise WorkbenchError(f"hooks {silent_exact} exist but do not fire in this model's configuration "
                              "(e.g. hook_attn_in needs use_attn_in=True)")
-    return [n for n in names if n in cached]
+    fired = [n for n in names if n in cached]
+    if not fired:
+        raise WorkbenchError(f"none of the hooks {sorted(exact)} match fires in this model's configuration "
+                             f"(matched but silent: {', '.join(silent[:4])}{', ...' if len(silent) > 4 else ''}; "
+                             "e.g. hook_attn_in needs use_attn_in=True); choose hooks that run, e.g. "
+                             "'blocks.*.hook_resid_post'")
+    return fired
 
 
 def cache_activations(

@@ -15,27 +15,17 @@ from pathlib import Path
 
 from workbench.errors import WorkbenchError
 
+from workbench.cli_types import (_digits, _fraction, _learning_rate, _non_negative_float, _non_negative_int,
+                                 _path, _port, _positive_float, _positive_int, _seed, _bounded)
+
 TESTS = ("early", "mistakes", "filler", "paraphrase", "hint", "internal", "claims")  # probes.faithfulness.suite.TESTS, kept here so --help is instant
 
 
-def _bounded(cast, ok, what: str):
-    """An argparse type: ``cast`` the text, then require ``ok(value)``; the message says what is allowed."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line on stderr naming what is wrong, exit 2 (no usage block)."""
 
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _bounded(int, lambda v: v >= 1, "a positive integer")
-_non_negative_float = _bounded(float, lambda v: v >= 0, "a number >= 0")
-_positive_float = _bounded(float, lambda v: v > 0, "a number > 0")
+    def error(self, message: str):
+        raise WorkbenchError(f"{message} (see {self.prog} --help)")
 
 
 def cmd_organisms_list(args: argparse.Namespace) -> int:
@@ -99,6 +89,8 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
     from probes.faithfulness.suite import GROUND_TRUTH, run_suite
     from workbench.models.loader import load_model
 
+    if args.organism is not None and args.organism not in GROUND_TRUTH:
+        raise WorkbenchError(f"--organism {args.organism!r} has no planted truth; one of {', '.join(GROUND_TRUTH)}")
     model = load_model(args.model)
     truth = GROUND_TRUTH.get(args.organism or str(args.model))
     summary, rows = run_suite(model, AdditionAdapter(digits=args.digits), n=args.n, tests=args.tests, seed=args.seed,
@@ -152,13 +144,17 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_lens(args: argparse.Namespace) -> int:
     from workbench.lens import logit_lens
     from workbench.models.loader import load_model
-    from workbench.models.tokenizer import check_text
+    from workbench.models.tokenizer import check_text, tokenize_prompts
     from workbench.reports import write_lens
 
     model = load_model(args.model)
-    check_text(model.tokenizer, args.prompt)
+    tokenize_prompts(model, [args.prompt])  # refuses characters outside the vocabulary and an over-long prompt
     target = None
     if args.target is not None:
+        try:
+            check_text(model.tokenizer, args.target)
+        except WorkbenchError as e:
+            raise WorkbenchError(f"--target {args.target!r}: {e}") from None
         ids = model.tokenizer.encode(args.target, add_special_tokens=False)
         if len(ids) != 1:
             raise WorkbenchError(f"--target must be one token; {args.target!r} is {len(ids)} tokens")
@@ -347,7 +343,7 @@ def cmd_tasks_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from workbench.tasks.export import FORMATS
 
-    p = argparse.ArgumentParser(prog="workbench", description="Mechanistic interpretability workbench: stated reasoning beside internal computation.")
+    p = _Parser(prog="workbench", description="Mechanistic interpretability workbench: stated reasoning beside internal computation.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -355,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     org.add_parser("list", help="list organisms and their measured rates").set_defaults(fn=cmd_organisms_list)
     t = org.add_parser("train", help="train an organism from its recipe (resumes after a kill)")
     t.add_argument("name", help="organism name (see `workbench organisms list`)")
-    t.add_argument("--out", type=Path, help="output directory (default runs/organisms/NAME)")
-    t.add_argument("--work-dir", type=Path, help="resumable training state (default runs/train/NAME)")
+    t.add_argument("--out", type=_path, help="output directory (default runs/organisms/NAME)")
+    t.add_argument("--work-dir", type=_path, help="resumable training state (default runs/train/NAME)")
     t.add_argument("--no-resume", action="store_true", help="start from step 0 even if a checkpoint exists")
     t.add_argument("--eval-n", type=_positive_int, default=1000, help="held-out problems per measured rate")
     t.set_defaults(fn=cmd_organisms_train)
@@ -364,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="organism name or checkpoint directory")
     e.add_argument("--organism", help="which organism's behaviour to measure, when MODEL is a directory")
     e.add_argument("--n", type=_positive_int, default=1000, help="held-out problems per rate")
-    e.add_argument("--seed", type=int, default=2024, help="sampling seed")
+    e.add_argument("--seed", type=_seed, default=2024, help="sampling seed")
     e.set_defaults(fn=cmd_organisms_eval)
 
     g = sub.add_parser("generate", help="complete a prompt with a model")
@@ -373,14 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=_positive_int, default=1, help="number of completions")
     g.add_argument("--temperature", type=_non_negative_float, default=0.0, help="0 = greedy")
     g.add_argument("--max-new-tokens", type=_positive_int, default=64, help="tokens to generate at most")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
+    g.add_argument("--seed", type=_seed, default=0, help="sampling seed (temperature > 0)")
     g.set_defaults(fn=cmd_generate)
 
     d = sub.add_parser("demo", help="the stated-vs-internal mismatch report on every shipped organism")
     d.add_argument("--prompt", action="append", help="a+b= prompt (repeatable; default: a few built-in ones)")
     d.add_argument("--n", type=_bounded(int, lambda v: v >= 100, "an integer >= 100"), default=300,
                    help="held-out problems per organism for the suite")
-    d.add_argument("--out", type=Path, default=Path("runs/demo"), help="report directory")
+    d.add_argument("--out", type=_path, default=Path("runs/demo"), help="report directory")
     d.set_defaults(fn=cmd_demo)
 
     f = sub.add_parser("faithfulness", help="the CoT faithfulness suite and stated-vs-internal report for one model")
@@ -390,24 +386,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--digits", type=_bounded(int, lambda v: 1 <= v <= 5, "an integer in 1..5"), default=3,
                    help="operand digits of the problems")
     f.add_argument("--organism", help="score the verdict against this organism's planted truth (default: MODEL's name)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--out", type=Path, required=True, help="output directory (summary.json, examples.parquet, report.html)")
+    f.add_argument("--seed", type=_seed, default=0)
+    f.add_argument("--out", type=_path, required=True, help="output directory (summary.json, examples.parquet, report.html)")
     f.set_defaults(fn=cmd_faithfulness)
 
     c = sub.add_parser("cache", help="cache activations of many prompts into sharded safetensors (resumable)")
     c.add_argument("model", help="organism name, checkpoint dir, local HF dir or TransformerLens name")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--task", choices=FORMATS, help="generate prompts of this task format")
-    src.add_argument("--dataset", type=Path, help="JSONL file with a 'prompt' field (and optional 'completion')")
+    src.add_argument("--dataset", type=_path, help="JSONL file with a 'prompt' field (and optional 'completion')")
     c.add_argument("--text", choices=["prompt", "full"], default="prompt", help="cache the prompt or prompt+completion")
     c.add_argument("--n", type=_positive_int, default=1000, help="prompts to generate (--task)")
-    c.add_argument("--digits", type=int, nargs="+", default=[2, 3], help="operand digit counts (--task)")
+    c.add_argument("--digits", type=_digits, nargs="+", default=[2, 3], help="operand digit counts (--task)")
     c.add_argument("--split", choices=["train", "test", "all"], default="test")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_seed, default=0)
     c.add_argument("--hooks", nargs="+", required=True, help="hook names or globs, e.g. 'blocks.*.hook_resid_post'")
     c.add_argument("--positions", type=_positions, default=-1,
                    help="positions from the end or 'all': --positions=-1 (default), --positions=-3,-2,-1, --positions=all")
-    c.add_argument("--out", type=Path, required=True, help="cache directory (resumed if it holds a partial cache)")
+    c.add_argument("--out", type=_path, required=True, help="cache directory (resumed if it holds a partial cache)")
     c.add_argument("--shard-size", type=_positive_int, default=4096, help="prompts per shard file")
     c.add_argument("--batch-size", type=_positive_int, default=256, help="prompts per forward pass")
     c.set_defaults(fn=cmd_cache)
@@ -415,21 +411,21 @@ def build_parser() -> argparse.ArgumentParser:
     lens = sub.add_parser("lens", help="logit or tuned lens of one prompt: Parquet table + heatmap")
     lens.add_argument("model", help="organism name, checkpoint dir, local HF dir or TransformerLens name")
     lens.add_argument("prompt", help="the prompt, e.g. '36+59='")
-    lens.add_argument("--tuned", type=Path, help="a tuned lens directory (from `workbench tuned-lens`); default: logit lens")
+    lens.add_argument("--tuned", type=_path, help="a tuned lens directory (from `workbench tuned-lens`); default: logit lens")
     lens.add_argument("--target", help="a token whose probability and rank to track at every layer and position")
     lens.add_argument("--k", type=_positive_int, default=5, help="top tokens kept per cell")
-    lens.add_argument("--out", type=Path, required=True, help="output directory")
+    lens.add_argument("--out", type=_path, required=True, help="output directory")
     lens.set_defaults(fn=cmd_lens)
 
     tl = sub.add_parser("tuned-lens", help="train a tuned lens on an activation cache (see `workbench cache`)")
     tl.add_argument("model", help="the model the cache was made from")
-    tl.add_argument("--cache", type=Path, required=True,
+    tl.add_argument("--cache", type=_path, required=True,
                     help="cache dir with every blocks.L.hook_resid_pre and the last hook_resid_post")
-    tl.add_argument("--out", type=Path, required=True, help="output directory (safetensors + config.json)")
+    tl.add_argument("--out", type=_path, required=True, help="output directory (safetensors + config.json)")
     tl.add_argument("--steps", type=_positive_int, default=500)
-    tl.add_argument("--lr", type=_positive_float, default=1e-3)
+    tl.add_argument("--lr", type=_learning_rate, default=1e-3)
     tl.add_argument("--batch-size", type=_positive_int, default=512)
-    tl.add_argument("--seed", type=int, default=0)
+    tl.add_argument("--seed", type=_seed, default=0)
     tl.set_defaults(fn=cmd_tuned_lens)
 
     pr = sub.add_parser("probe", help="linear probes of the task variables per layer x position, with control "
@@ -445,8 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--site", type=_site, help="LAYER:POSITION for the causal check (default: most selective site)")
     pr.add_argument("--scale", type=_positive_float, default=1.0, help="multiple of the class-mean push")
     pr.add_argument("--ridge", type=_positive_float, default=1.0, help="L2 penalty of the ridge probes")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--out", type=Path, required=True, help="output directory")
+    pr.add_argument("--seed", type=_seed, default=0)
+    pr.add_argument("--out", type=_path, required=True, help="output directory")
     pr.set_defaults(fn=cmd_probe)
 
     pa = sub.add_parser("patch", help="activation and attribution patching of clean/corrupted prompt pairs")
@@ -457,9 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--corrupt", action="append", help="a corrupted prompt of the same token length")
     pa.add_argument("--n", type=_positive_int, default=32, help="generated pairs")
     pa.add_argument("--digits", type=_bounded(int, lambda v: 1 <= v <= 5, "an integer in 1..5"), default=3)
-    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--seed", type=_seed, default=0)
     pa.add_argument("--sweeps", nargs="+", choices=["resid", "mlp", "heads", "head-pos"], default=["resid", "heads"])
-    pa.add_argument("--out", type=Path, required=True, help="output directory")
+    pa.add_argument("--out", type=_path, required=True, help="output directory")
     pa.set_defaults(fn=cmd_patch)
 
     al = sub.add_parser("align", help="align adder-hint to ignore wrong hints (reward model + DPO) and diff it")
@@ -468,38 +464,38 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--n-eval", type=_positive_int, default=500, help="held-out problems per before/after rate")
     al.add_argument("--rm-steps", type=_positive_int, default=300)
     al.add_argument("--dpo-steps", type=_positive_int, default=300)
-    al.add_argument("--dpo-lr", type=_positive_float, default=1e-4)
+    al.add_argument("--dpo-lr", type=_learning_rate, default=1e-4)
     al.add_argument("--beta", type=_positive_float, default=0.1)
     al.add_argument("--rpo-alpha", type=_non_negative_float, default=1.0, help="weight of the NLL term on chosen (0: plain DPO)")
-    al.add_argument("--sft-steps", type=int, default=40, help="SFT on chosen before PPO (0: no SFT and no PPO)")
-    al.add_argument("--ppo-steps", type=int, default=100, help="PPO iterations from the SFT policy (0: no PPO)")
-    al.add_argument("--ppo-lr", type=_positive_float, default=3e-5)
+    al.add_argument("--sft-steps", type=_non_negative_int, default=40, help="SFT on chosen before PPO (0: no SFT and no PPO)")
+    al.add_argument("--ppo-steps", type=_non_negative_int, default=100, help="PPO iterations from the SFT policy (0: no PPO)")
+    al.add_argument("--ppo-lr", type=_learning_rate, default=3e-5)
     al.add_argument("--ppo-reward", choices=["rule", "rm"], default="rule",
                     help="rule: 1 for the true sum; rm: the study's reward model")
-    al.add_argument("--seed", type=int, default=0)
-    al.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
+    al.add_argument("--seed", type=_seed, default=0)
+    al.add_argument("--out", type=_path, required=True, help="output directory (resumable)")
     al.set_defaults(fn=cmd_align)
 
     tr = sub.add_parser("train", help="SFT, reward model, DPO/IPO or PPO on your own data (TRL columns, JSONL); "
                                       "runs under torchrun --nproc_per_node N")
     tr.add_argument("method", choices=["sft", "reward", "dpo", "ipo", "ppo"])
     tr.add_argument("--model", required=True, help="organism name or model directory to start from")
-    tr.add_argument("--data", type=Path, required=True,
+    tr.add_argument("--data", type=_path, required=True,
                     help="JSONL: prompt+completion (sft), prompt+chosen+rejected (reward, dpo, ipo), prompt (ppo)")
-    tr.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
+    tr.add_argument("--out", type=_path, required=True, help="output directory (resumable)")
     tr.add_argument("--steps", type=_positive_int, default=200)
     tr.add_argument("--batch-size", type=_positive_int, default=16, help="global batch (split over processes)")
-    tr.add_argument("--lr", type=_positive_float, default=1e-5)
+    tr.add_argument("--lr", type=_learning_rate, default=1e-5)
     tr.add_argument("--beta", type=_positive_float, default=0.1, help="dpo/ipo strength of the pull to the reference")
     tr.add_argument("--rpo-alpha", type=_non_negative_float, default=0.0, help="dpo/ipo: NLL weight on chosen")
-    tr.add_argument("--reward-model", type=Path, help="ppo: reward model directory")
+    tr.add_argument("--reward-model", type=_path, help="ppo: reward model directory")
     tr.add_argument("--max-new-tokens", type=_positive_int, default=16, help="ppo: tokens sampled per completion")
     tr.add_argument("--threads", type=_positive_int, default=1, help="CPU threads per process")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=_seed, default=0)
     tr.set_defaults(fn=cmd_train)
 
     ap = sub.add_parser("app", help="the Streamlit explorer (streamlit run apps/explorer.py)")
-    ap.add_argument("--port", type=_positive_int, default=8501)
+    ap.add_argument("--port", type=_port, default=8501)
     ap.set_defaults(fn=cmd_app)
 
     df = sub.add_parser("diff", help="what changed from BASE to TUNED: weights, next-token KL, residual stream, and "
@@ -510,12 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "format's prompts; the mechanism diff always uses hinted prompts)")
     df.add_argument("--n", type=_positive_int, default=500, help="prompts (KL/residual diff and probe transfer)")
     df.add_argument("--pairs", type=_positive_int, default=64, help="hint-swap pairs for the patching difference")
-    df.add_argument("--digits", type=int, nargs="+", default=[2, 3], help="operand digit counts")
-    df.add_argument("--seed", type=int, default=0)
-    df.add_argument("--sae", type=Path, default=None, help="an SAE trained on BASE: evaluate it on both models and "
+    df.add_argument("--digits", type=_digits, nargs="+", default=[2, 3], help="operand digit counts")
+    df.add_argument("--seed", type=_seed, default=0)
+    df.add_argument("--sae", type=_path, default=None, help="an SAE trained on BASE: evaluate it on both models and "
                     "report feature-density shifts (labels from DIR/dashboard if built)")
     df.add_argument("--no-mechanisms", action="store_true", help="only weights, KL and residual stream")
-    df.add_argument("--out", type=Path, required=True, help="output directory")
+    df.add_argument("--out", type=_path, required=True, help="output directory")
     df.set_defaults(fn=cmd_diff)
 
     from workbench.cli_sae import register
@@ -526,26 +522,86 @@ def build_parser() -> argparse.ArgumentParser:
     x = tasks.add_parser("export", help="write task samples as JSONL (prompt, completion, meta)")
     x.add_argument("--format", choices=FORMATS, default="cot", help="sample format")
     x.add_argument("--n", type=_positive_int, default=1000, help="number of samples")
-    x.add_argument("--digits", type=int, nargs="+", default=[2, 3], help="operand digit counts (1..5)")
+    x.add_argument("--digits", type=_digits, nargs="+", default=[2, 3], help="operand digit counts (1..5)")
     x.add_argument("--split", choices=["train", "test", "all"], default="test")
-    x.add_argument("--seed", type=int, default=0)
-    x.add_argument("--out", type=Path, required=True, help="output .jsonl file")
+    x.add_argument("--seed", type=_seed, default=0)
+    x.add_argument("--out", type=_path, required=True, help="output .jsonl file")
     x.set_defaults(fn=cmd_tasks_export)
     return p
 
 
+# Commands whose --out is one file; every other --out is a directory.
+FILE_OUTPUTS = {"workbench tasks export", "workbench sae eval"}
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    """Every (sub)parser below ``parser``, depth first."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield child
+                yield from _subparsers(child)
+
+
+def _add_overwrite_flags(parser: argparse.ArgumentParser) -> None:
+    for child in _subparsers(parser):
+        dests = {a.dest for a in child._actions}
+        if "out" in dests and child.prog not in FILE_OUTPUTS:
+            child.add_argument("--overwrite", action="store_true",
+                               help="write into a non-empty --out directory the workbench did not make (files of "
+                                    "the same names are replaced; nothing else is touched)")
+        child.set_defaults(_prog=child.prog)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an output the command must not write: a file or special file where a directory
+    goes (or the reverse), a path under /proc, /sys or /dev, a non-empty directory of someone else's."""
+    from workbench.io import check_writable_target, prepare_out_dir
+
+    prog = getattr(args, "_prog", "workbench")
+    command = prog.removeprefix("workbench ").strip()
+    if getattr(args, "out", None) is not None:
+        if prog in FILE_OUTPUTS:
+            if args.out.is_dir():
+                raise WorkbenchError(f"--out {args.out} is a directory; {prog} writes one file, e.g. --out out.json")
+            check_writable_target(args.out)
+            _refuse_system_path(args.out)
+        else:
+            prepare_out_dir(args.out, command, overwrite=getattr(args, "overwrite", False))
+    if getattr(args, "work_dir", None) is not None:
+        prepare_out_dir(args.work_dir, command, overwrite=getattr(args, "overwrite", False))
+
+
+def _refuse_system_path(path: Path) -> None:
+    resolved = path.resolve()
+    for system in ("/proc", "/sys", "/dev"):
+        if resolved == Path(system) or Path(system) in resolved.parents:
+            raise WorkbenchError(f"--out {path} is under {system}; give a path on a normal filesystem")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    _add_overwrite_flags(parser)
     try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(message)s")
+        check_outputs(args)
         return args.fn(args)
     except WorkbenchError as e:
-        print(f"workbench: error: {e}", file=sys.stderr)
+        print(f"workbench: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the user's filesystem: permissions, a full disk, a path that cannot exist
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"workbench: error: cannot use{where}: {e.strerror or _one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("workbench: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) or "(no message)"
 
 
 if __name__ == "__main__":

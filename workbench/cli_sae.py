@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+from workbench.cli_types import _fraction, _learning_rate, _non_negative_int, _path, _port, _seed
 from workbench.errors import WorkbenchError
 
 
@@ -144,6 +146,8 @@ def _values(text: str) -> list[float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
     return values
@@ -153,15 +157,31 @@ def cmd_sae_sweep(args: argparse.Namespace) -> int:
     from workbench.models.loader import load_model
     from workbench.sae_eval import run_sweep
 
+    from workbench.sae_eval import SWEPT
+
+    base = _recipe(args, args.transcoder)
+    knob = SWEPT["standard" if base.transcoder else base.arch]
+    if knob == "k":
+        fractional = [v for v in args.values if v != int(v)]
+        if fractional:
+            raise WorkbenchError(f"--values are k (active features) for --arch {base.arch}: whole numbers, got "
+                                 f"{', '.join(f'{v:g}' for v in fractional)}")
+        too_big = [int(v) for v in args.values if v > base.d_sae]
+        if too_big:
+            raise WorkbenchError(f"k cannot exceed --d-sae ({base.d_sae}), got {too_big}")
+    base.check()
     model = load_model(args.model)
     if args.hook not in model.hook_dict:
         raise WorkbenchError(f"{args.hook!r} is not a hook of {args.model}; e.g. blocks.0.hook_resid_post")
-    args.out.mkdir(parents=True, exist_ok=True)
     hooks = [args.hook]
     if args.transcoder:
         from workbench.saes import transcoder_hooks
 
-        hooks = list(transcoder_hooks(int(args.hook.split(".")[1])))
+        layer = args.hook.split(".")[1] if args.hook.startswith("blocks.") else ""
+        if not layer.isdigit():
+            raise WorkbenchError(f"--transcoder sweeps a layer's transcoder: --hook blocks.L.hook_resid_mid, got "
+                                 f"{args.hook!r}")
+        hooks = list(transcoder_hooks(int(layer)))
     cache = _ensure_cache(argparse.Namespace(**{**vars(args), "out": args.out / "sae"}), model, hooks)
     rows = run_sweep(model, args.model, cache, hooks[0], args.values,
                      texts_for(args.model, args.n_eval, "test", args.seed, None), args.out,
@@ -221,7 +241,11 @@ def cmd_circuit_serve(args: argparse.Namespace) -> int:
 
     from workbench.circuits import serve_graphs
 
-    server = serve_graphs(args.dir, port=args.port)
+    try:
+        server = serve_graphs(args.dir, port=args.port)
+    except OSError as e:
+        raise WorkbenchError(f"cannot serve on port {args.port} ({e.strerror or e}); is another server using it? "
+                             "choose a free one with --port") from None
     print(f"serving {args.dir} at http://localhost:{args.port}/index.html (Ctrl-C to stop)", file=sys.stderr)
     try:
         while True:
@@ -263,17 +287,17 @@ def _train_args(p: argparse.ArgumentParser, positive_int, positive_float) -> Non
     p.add_argument("--k", type=positive_int, default=16, help="active features per token (topk, batchtopk)")
     p.add_argument("--l1", type=positive_float, default=3.0, help="L1 coefficient (standard, transcoders)")
     p.add_argument("--l0", type=positive_float, default=1.0, help="L0 coefficient (jumprelu)")
-    p.add_argument("--lr", type=positive_float, default=4e-4)
+    p.add_argument("--lr", type=_learning_rate, default=4e-4)
     p.add_argument("--batch-size", type=positive_int, default=1024, help="tokens per step")
     p.add_argument("--tokens", type=positive_int, default=2_000_000, help="training tokens (epochs over the cache)")
     p.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between resumable checkpoints")
-    p.add_argument("--cache", type=Path, help="an all-positions cache (`workbench cache --positions=all`); default: "
+    p.add_argument("--cache", type=_path, help="an all-positions cache (`workbench cache --positions=all`); default: "
                                               "build OUT.cache from --n texts")
     p.add_argument("--n", type=positive_int, default=20_000, help="texts to cache when building the cache")
-    p.add_argument("--dataset", type=Path, help="JSONL with 'prompt' (+ 'completion'); default: the organism's "
+    p.add_argument("--dataset", type=_path, help="JSONL with 'prompt' (+ 'completion'); default: the organism's "
                                                 "own training mix")
     p.add_argument("--shard-size", type=positive_int, default=4096)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (1 is faster on a busy machine)")
 
 
@@ -285,32 +309,32 @@ def register(sub, positive_int, positive_float) -> None:
     t.add_argument("--hook", help="the hook to train on, e.g. blocks.1.hook_resid_post")
     t.add_argument("--transcoder", action="store_true",
                    help="train one transcoder per layer (hook_resid_mid -> hook_mlp_out) into OUT/layer_L")
-    t.add_argument("--out", type=Path, required=True, help="SAELens SAE directory (or transcoder set directory)")
+    t.add_argument("--out", type=_path, required=True, help="SAELens SAE directory (or transcoder set directory)")
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT.work holds a run")
     _train_args(t, positive_int, positive_float)
     t.set_defaults(fn=cmd_sae_train)
 
     e = sae.add_parser("eval", help="L0, explained variance, MSE, cosine, dead/dense fractions, CE loss recovered")
-    e.add_argument("sae", type=Path, help="an SAE or transcoder directory (SAELens format)")
+    e.add_argument("sae", type=_path, help="an SAE or transcoder directory (SAELens format)")
     e.add_argument("--model", required=True, help="the model to evaluate it on")
     e.add_argument("--n", type=positive_int, default=1000, help="held-out texts")
-    e.add_argument("--dataset", type=Path, help="JSONL with 'prompt' (+ 'completion')")
-    e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--dataset", type=_path, help="JSONL with 'prompt' (+ 'completion')")
+    e.add_argument("--seed", type=_seed, default=1)
     e.add_argument("--allow-other-model", action="store_true",
                    help="evaluate on a model other than the one it was trained on (SAE transfer)")
-    e.add_argument("--out", type=Path, help="also write the metrics (with per-feature density) as JSON")
+    e.add_argument("--out", type=_path, help="also write the metrics (with per-feature density) as JSON")
     e.set_defaults(fn=cmd_sae_eval)
 
     d = sae.add_parser("dashboard", help="per-feature dashboard data: top examples, histogram, density, logit "
                                          "effects and the task variable each feature tracks (AUROC)")
-    d.add_argument("sae", type=Path, help="an SAE or transcoder directory (SAELens format)")
+    d.add_argument("sae", type=_path, help="an SAE or transcoder directory (SAELens format)")
     d.add_argument("--model", required=True)
     d.add_argument("--n", type=positive_int, default=2000, help="texts to scan")
-    d.add_argument("--dataset", type=Path, help="JSONL with 'prompt' (+ 'completion'); features then get no labels")
+    d.add_argument("--dataset", type=_path, help="JSONL with 'prompt' (+ 'completion'); features then get no labels")
     d.add_argument("--n-top", type=positive_int, default=20, help="top activating examples kept per feature")
     d.add_argument("--show", type=positive_int, default=10, help="best-labelled features printed")
-    d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--out", type=Path, required=True, help="dashboard directory (features.parquet, examples.parquet)")
+    d.add_argument("--seed", type=_seed, default=1)
+    d.add_argument("--out", type=_path, required=True, help="dashboard directory (features.parquet, examples.parquet)")
     d.set_defaults(fn=cmd_sae_dashboard)
 
     s = sae.add_parser("sweep", help="train and evaluate SAEs across k (or the L1/L0 coefficient); plot L0 vs "
@@ -321,7 +345,7 @@ def register(sub, positive_int, positive_float) -> None:
                                                              "(--hook blocks.L.hook_resid_mid)")
     s.add_argument("--values", type=_values, required=True, help="comma-separated k (or coefficients), e.g. 4,8,16,32")
     s.add_argument("--n-eval", type=positive_int, default=1000, help="held-out texts per evaluation")
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--out", type=_path, required=True)
     _train_args(s, positive_int, positive_float)
     s.set_defaults(fn=cmd_sae_sweep)
 
@@ -329,30 +353,30 @@ def register(sub, positive_int, positive_float) -> None:
                                        "(circuit-tracer graph JSON)")
     c.add_argument("model")
     c.add_argument("prompt", help="e.g. '36+59=' (the graph explains the next token)")
-    c.add_argument("--transcoders", type=Path, help="DIR/layer_L transcoders (default: the organism's shipped set)")
-    c.add_argument("--out", type=Path, required=True, help="graph directory (SLUG.json + graph-metadata.json)")
+    c.add_argument("--transcoders", type=_path, help="DIR/layer_L transcoders (default: the organism's shipped set)")
+    c.add_argument("--out", type=_path, required=True, help="graph directory (SLUG.json + graph-metadata.json)")
     c.add_argument("--slug", help="graph name (letters, digits, _ . -); default from model and prompt")
-    c.add_argument("--node-threshold", type=float, default=0.8, help="cumulative influence kept when pruning nodes")
-    c.add_argument("--edge-threshold", type=float, default=0.98, help="cumulative influence kept when pruning edges")
+    c.add_argument("--node-threshold", type=_fraction, default=0.8, help="cumulative influence kept when pruning nodes")
+    c.add_argument("--edge-threshold", type=_fraction, default=0.98, help="cumulative influence kept when pruning edges")
     c.add_argument("--max-n-logits", type=positive_int, default=5)
     c.add_argument("--top", type=positive_int, default=10, help="top features listed in SLUG.summary.json")
-    c.add_argument("--validate", type=int, default=10, help="ablate this many top features and compare with the "
+    c.add_argument("--validate", type=_non_negative_int, default=10, help="ablate this many top features and compare with the "
                                                             "graph's predictions (0: skip)")
     c.set_defaults(fn=cmd_circuit)
 
     cs = sub.add_parser("circuit-serve", help="serve graph JSON directories with circuit-tracer's local frontend")
-    cs.add_argument("dir", type=Path)
-    cs.add_argument("--port", type=positive_int, default=8032)
+    cs.add_argument("dir", type=_path)
+    cs.add_argument("--port", type=_port, default=8032)
     cs.set_defaults(fn=cmd_circuit_serve)
 
     st = sub.add_parser("circuit-study", help="which input tokens each answer digit is computed from, over many "
                                               "attribution graphs (the addition case study)")
     st.add_argument("model")
-    st.add_argument("--transcoders", type=Path)
+    st.add_argument("--transcoders", type=_path)
     st.add_argument("--n", type=positive_int, default=20, help="problems")
     st.add_argument("--digits", type=int, choices=[2, 3], default=2, help="operand digits")
     st.add_argument("--cot", action=argparse.BooleanOptionalAction, default=None,
                     help="continue from the model's own CoT (default: all but adder-direct)")
-    st.add_argument("--seed", type=int, default=0)
-    st.add_argument("--out", type=Path, required=True)
+    st.add_argument("--seed", type=_seed, default=0)
+    st.add_argument("--out", type=_path, required=True)
     st.set_defaults(fn=cmd_circuit_study)

@@ -9,15 +9,29 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from workbench.errors import WorkbenchError
+
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask once (os.umask can only read it by setting it)
 
 
+def check_writable_target(path: str | Path) -> Path:
+    """Refuse to write over anything but a regular file (or nothing): a symlink, FIFO, device or directory at
+    ``path`` is the user's, and renaming a new file onto it would replace it (as root, even ``/dev/full``)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise WorkbenchError(f"{path} is a symbolic link; give the real path of a regular file to write")
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "a special file (FIFO, socket or device)"
+        raise WorkbenchError(f"{path} is {kind}; the workbench only writes regular files there")
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, then rename the temporary file onto ``path`` (atomic on one filesystem)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_writable_target(path)
+    _make_parent(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -28,6 +42,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s parent directories; a file in the way is a user error, not a traceback."""
+    for ancestor in [path.parent, *path.parent.parents]:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                raise WorkbenchError(f"cannot write {path}: {ancestor} is a file, not a directory")
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def write_json(path: str | Path, obj) -> Path:
@@ -48,28 +72,79 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Build a directory in a sibling temporary directory, then swap it in place of ``path``.
+# Files moved into place last by atomic_dir: readers take them as "this directory is complete".
+_MOVED_LAST = ("config.json", "cfg.json", "card.json", "workbench.json", "manifest.json", "summary.json")
 
-    The old directory (if any) is replaced only once the new one is complete, so a kill mid-way leaves either
-    the old or the new directory, never a mix.
+
+def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Build a directory's files in a sibling temporary directory, then move each one into ``path``.
+
+    Only the entries ``write`` produced are replaced (each by one rename); anything else already in ``path``
+    (a user's notes, a transcoder set beside a checkpoint) is kept. Config and manifest files move last, so a
+    kill mid-way leaves the old complete marker beside at most some new files, never a new marker over old data.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise WorkbenchError(f"{path} exists and is not a directory; give a directory (new or written by the "
+                             "workbench) to write into")
+    _make_parent(path)
+    path.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         write(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        entries = sorted(tmp.iterdir(), key=lambda e: (e.name in _MOVED_LAST, e.name))
+        for entry in entries:
+            target = path / entry.name
+            if target.is_symlink() or (target.exists() and not target.is_dir() and not target.is_file()):
+                raise WorkbenchError(f"{target} is a link or special file; the workbench will not replace it")
+            if entry.is_dir() and target.is_dir():
+                old = path / f".{entry.name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)  # a directory cannot be renamed onto a non-empty one
+                os.replace(entry, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(entry, target)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return path
+
+
+MARKER = ".workbench"
+
+
+def prepare_out_dir(path: str | Path, command: str, overwrite: bool = False) -> Path:
+    """Check that ``path`` may receive a command's output directory, and mark it as the workbench's.
+
+    Allowed: a new path, an empty directory, or a directory the workbench wrote before (it holds ``MARKER``).
+    A non-empty directory of someone else's is refused unless ``overwrite``; even then only same-named files are
+    replaced and nothing else is deleted. Files, links and special files at ``path`` are always refused.
+    """
+    path = Path(path)
+    if not str(path).strip():
+        raise WorkbenchError("--out is empty; give an output directory, e.g. --out runs/mine")
+    if path.is_symlink():
+        raise WorkbenchError(f"--out {path} is a symbolic link; give the real directory path")
+    if path.exists() and not path.is_dir():
+        kind = "a file" if path.is_file() else "a special file (FIFO, socket or device)"
+        raise WorkbenchError(f"--out {path} is {kind}; give a directory (new, empty, or written by the workbench)")
+    resolved = path.resolve()
+    for system in ("/proc", "/sys", "/dev"):
+        if resolved == Path(system) or Path(system) in resolved.parents:
+            raise WorkbenchError(f"--out {path} is under {system}; give a directory on a normal filesystem")
+    if path.is_dir() and not (path / MARKER).is_file() and any(path.iterdir()) and not overwrite:
+        raise WorkbenchError(f"--out {path} is a non-empty directory the workbench did not write; give a new or "
+                             "empty directory, or pass --overwrite to write into it (files of the same names are "
+                             "replaced, nothing else is touched)")
+    marker = path / MARKER
+    try:
+        _make_parent(marker)
+        path.mkdir(exist_ok=True)
+        if not marker.is_file():
+            marker.write_text(json.dumps({"written_by": "workbench", "command": command}) + "\n")
+    except OSError as e:
+        raise WorkbenchError(f"cannot write into --out {path}: {e.strerror or e}") from None
     return path
 
 
