@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench setup transcoders
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh constraints.txt
 	bash scripts/setup.sh
 	touch $(STAMP)
 
