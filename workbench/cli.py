@@ -546,7 +546,9 @@ def _subparsers(parser: argparse.ArgumentParser):
 def _add_overwrite_flags(parser: argparse.ArgumentParser) -> None:
     for child in _subparsers(parser):
         dests = {a.dest for a in child._actions}
-        if "out" in dests and child.prog not in FILE_OUTPUTS:
+        if "out" in dests and child.prog in FILE_OUTPUTS:
+            child.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+        elif "out" in dests:
             child.add_argument("--overwrite", action="store_true",
                                help="write into a non-empty --out directory the workbench did not make (files of "
                                     "the same names are replaced; nothing else is touched)")
@@ -564,8 +566,13 @@ def check_outputs(args: argparse.Namespace) -> None:
         if prog in FILE_OUTPUTS:
             if args.out.is_dir():
                 raise WorkbenchError(f"--out {args.out} is a directory; {prog} writes one file, e.g. --out out.json")
-            check_writable_target(args.out)
+            try:
+                check_writable_target(args.out)
+            except WorkbenchError as e:
+                raise WorkbenchError(f"--out: {e}") from None
             _refuse_system_path(args.out)
+            if args.out.exists() and not args.overwrite:
+                raise WorkbenchError(f"--out {args.out} exists; pass --overwrite to replace it, or give a new path")
         else:
             prepare_out_dir(args.out, command, overwrite=getattr(args, "overwrite", False))
     if getattr(args, "work_dir", None) is not None:
