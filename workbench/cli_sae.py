@@ -15,31 +15,54 @@ from workbench.cli_types import _fraction, _learning_rate, _non_negative_int, _p
 from workbench.errors import WorkbenchError
 
 
+HELD_OUT_EVERY = 10  # a user dataset's rows whose text hash is 0 mod this are the held-out split
+
+
+def _held_out(text: str) -> bool:
+    """A row's split, from its text alone: the same row is held out in every run and every command."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") % HELD_OUT_EVERY == 0
+
+
 def texts_for(model_spec: str, n: int, split: str, seed: int, dataset: Path | None = None) -> list[str]:
     """Training/eval text for a model: a JSONL ``dataset`` (prompt + completion), else the organism's own training
-    mix (its recipe, found by name or by a checkpoint's card), else the addition task's CoT format."""
+    mix (its recipe, found by name or by a checkpoint's card). A model that is not an organism has no default
+    texts: it needs ``dataset`` (falling back to addition prompts would train on text the model never sees).
+
+    ``split`` is "train", "test" (held out: disjoint from "train", also for a dataset) or "all".
+    """
     from workbench.io import read_jsonl
     from workbench.models.zoo import RECIPES, build_samples, get_recipe
-    from workbench.tasks.export import make_samples
 
     if dataset is not None:
         if not dataset.is_file():
             raise WorkbenchError(f"no dataset file {dataset}")
         try:
             rows = read_jsonl(dataset)
-        except ValueError as e:
-            raise WorkbenchError(f"{dataset} is not JSONL: {e}") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise WorkbenchError(f"{dataset} is not UTF-8 JSONL: {str(e).splitlines()[0][:160]}") from None
         bad = [i + 1 for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
         if bad:
             raise WorkbenchError(f"{dataset}: lines {bad[:5]} are not objects with a string 'prompt' field")
-        return [r["prompt"] + str(r.get("completion", "")) for r in rows][:n]
+        texts = [r["prompt"] + str(r.get("completion", "")) for r in rows]
+        if split != "all":
+            texts = [t for t in texts if _held_out(t) == (split == "test")]
+            if not texts:
+                raise WorkbenchError(f"{dataset} has no {split} rows: 1 row in {HELD_OUT_EVERY} (by a hash of its "
+                                     f"text) is held out for evaluation; give more rows ({len(rows)} now)")
+        return texts[:n]
     name = model_spec
     card = Path(model_spec) / "card.json"
     if card.is_file():
-        name = json.loads(card.read_text()).get("name", model_spec)
+        try:
+            name = json.loads(card.read_text()).get("name", model_spec)
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise WorkbenchError(f"{card} is not a JSON object (an organism card); repair or remove it") from None
     if name in RECIPES:
         return [s.prompt + s.completion for s in build_samples(get_recipe(name), n, split, seed)]
-    return [s.prompt + s.completion for s in make_samples("cot", n, (2, 3), split, seed)]
+    raise WorkbenchError(f"{model_spec} is not an organism, so it has no built-in texts: pass --dataset FILE.jsonl "
+                         "with a 'prompt' (and optional 'completion') field per line, text the model was trained on")
 
 
 def _recipe(args: argparse.Namespace, transcoder: bool):
@@ -128,7 +151,7 @@ def cmd_sae_dashboard(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     loaded = load_sae(args.sae, model)
     if args.dataset is not None:
-        texts, problems = texts_for(args.model, args.n, "test", args.seed, args.dataset), None
+        texts, problems = texts_for(args.model, args.n, "all", args.seed, args.dataset), None
     else:
         texts, problems = labelled_texts(args.model, args.n, "test", args.seed)
     out = build_dashboards(model, loaded.sae, texts, problems, args.out, n_top=args.n_top)
@@ -184,7 +207,7 @@ def cmd_sae_sweep(args: argparse.Namespace) -> int:
         hooks = list(transcoder_hooks(int(layer)))
     cache = _ensure_cache(argparse.Namespace(**{**vars(args), "out": args.out / "sae"}), model, hooks)
     rows = run_sweep(model, args.model, cache, hooks[0], args.values,
-                     texts_for(args.model, args.n_eval, "test", args.seed, None), args.out,
+                     texts_for(args.model, args.n_eval, "test", args.seed, args.dataset), args.out,
                      _recipe(args, args.transcoder))
     keep = ("knob", "value", "l0", "explained_variance", "ce_recovered", "dead_fraction", "dense_fraction")
     print(json.dumps([{k: r[k] for k in keep} for r in rows], indent=2))
