@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
+from workbench.resume import WORK_DIR, Units, WorkArea
 from training.common import plot_metrics
 from training.dpo import DPOConfig, train_dpo
 from training.ppo import PPOConfig, train_ppo
@@ -33,6 +34,7 @@ from training.sft import SFTConfig, train_sft
 from workbench.diff import diff_report
 from workbench.generation import complete
 from workbench.io import write_json
+from workbench.models.checkpoint import weights_sha256
 from workbench.models.organism_eval import rate
 from workbench.tasks import formats
 from workbench.tasks.addition import sample_problems
@@ -97,46 +99,84 @@ def correct_answer_reward(prompts: list[str], completions: list[str]) -> torch.T
     return torch.tensor(scores)
 
 
+def config_json(cfg: AlignConfig) -> dict:
+    """Every field of the study's configuration, as JSON."""
+    return {"n_train": cfg.n_train, "n_eval": cfg.n_eval, "seed": cfg.seed, "rm": asdict(cfg.rm),
+            "dpo": cfg.dpo.to_json(), "sft": asdict(cfg.sft) if cfg.sft else None,
+            "ppo": asdict(cfg.ppo) if cfg.ppo else None, "ppo_reward": cfg.ppo_reward}
+
+
+def study_key(base: HookedTransformer, cfg: AlignConfig) -> dict:
+    """What a study's result depends on: the base model's weights and the whole configuration."""
+    return {"format": "alignment-study", "version": 1, "base_weights_sha256": weights_sha256(base),
+            "config": config_json(cfg)}
+
+
+def _diff_summary(diff: dict) -> dict:
+    return {"kl_mean": diff["kl_mean"], "layers": diff["layers"],
+            "most_changed_parameters": diff["most_changed_parameters"],
+            "verdict": diff.get("mechanisms", {}).get("verdict")}
+
+
 def run_alignment_study(base: HookedTransformer, out: str | Path, cfg: AlignConfig = AlignConfig(), progress: bool = True) -> dict:
+    """The whole study into ``out``; resumable stage by stage.
+
+    Each training stage (reward model, DPO, SFT, PPO) resumes from its own checkpoint (``out/STAGE/state``);
+    each measurement stage (the reward model's held-out accuracy, behaviour before and after each method, the
+    diffs) is saved once done under ``out/.work/`` (see :mod:`workbench.resume`), keyed by the base
+    model's weights and the whole configuration. A rerun with the same ones picks finished stages up and writes
+    the same ``summary.json``; a rerun with others in the same ``out`` is refused. ``summary.json`` is written
+    last and marks a finished study.
+    """
     out = Path(out)
+    work = WorkArea(out / WORK_DIR, study_key(base, cfg), "alignment study")
+    stage = Units(work).run
+    summary_path = out / "summary.json"
+    if summary_path.is_file() and not summary_path.is_symlink():
+        summary_path.unlink()  # the completion marker comes back last
     train_rows = hint_preferences(cfg.n_train, split="train", seed=cfg.seed)
     test_rows = hint_preferences(cfg.n_eval, split="test", seed=cfg.seed + 1)
 
     rm = train_reward(copy.deepcopy(base), train_rows, cfg.rm, out / "reward", progress=progress)
-    with torch.no_grad():
-        prompts = [r["prompt"] for r in test_rows]
-        margin = score(rm, prompts, [r["chosen"] for r in test_rows]) - score(rm, prompts, [r["rejected"] for r in test_rows])
-    rm_eval = {"held_out_accuracy": rate((margin > 0).tolist()), "mean_margin": float(margin.mean())}
 
+    def rm_eval() -> dict:
+        with torch.no_grad():
+            prompts = [r["prompt"] for r in test_rows]
+            margin = score(rm, prompts, [r["chosen"] for r in test_rows]) - \
+                score(rm, prompts, [r["rejected"] for r in test_rows])
+        return {"held_out_accuracy": rate((margin > 0).tolist()), "mean_margin": float(margin.mean())}
+
+    rm_result = stage("reward_model_eval", rm_eval)
     tuned = train_dpo(copy.deepcopy(base), base, train_rows, cfg.dpo, out / "dpo", progress=progress)
-    before, after = behaviour(base, cfg.n_eval, cfg.seed + 2), behaviour(tuned, cfg.n_eval, cfg.seed + 2)
+    before = stage("before", lambda: behaviour(base, cfg.n_eval, cfg.seed + 2))
+    after = stage("after_dpo", lambda: behaviour(tuned, cfg.n_eval, cfg.seed + 2))
     hinted_prompts = [r["prompt"] for r in test_rows]
-    diff = diff_report(base, tuned, hinted_prompts, out / "diff")
+    diff = stage("diff_dpo", lambda: _diff_summary(diff_report(base, tuned, hinted_prompts, out / "diff")))
     summary = {"config": {"n_train": cfg.n_train, "n_eval": cfg.n_eval, "rm": asdict(cfg.rm), "dpo": cfg.dpo.to_json(),
                           "sft": asdict(cfg.sft) if cfg.sft else None, "ppo": asdict(cfg.ppo) if cfg.ppo else None,
                           "ppo_reward": cfg.ppo_reward},
-               "reward_model": rm_eval, "before": before, "after_dpo": after,
+               "reward_model": rm_result, "before": before, "after_dpo": after,
                "kl_from_base_per_token": diff["kl_mean"], "diff": {k: diff[k] for k in ("layers", "most_changed_parameters")},
-               "verdict_dpo": diff.get("mechanisms", {}).get("verdict"),
+               "verdict_dpo": diff["verdict"],
                "files": {"reward_model": "reward/model", "dpo_policy": "dpo/model", "diff": "diff/"}}
     if cfg.sft is not None:
         sft_rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in train_rows]
         sft = train_sft(copy.deepcopy(base), sft_rows, cfg.sft, out / "sft", progress=progress)
-        summary["after_sft"] = behaviour(sft, cfg.n_eval, cfg.seed + 2)
+        summary["after_sft"] = stage("after_sft", lambda: behaviour(sft, cfg.n_eval, cfg.seed + 2))
         summary["files"]["sft_policy"] = "sft/model"
         if cfg.ppo is not None:
             reward_fn = correct_answer_reward if cfg.ppo_reward == "rule" else \
                 (lambda p, c: score(rm, p, c).detach())
             ppo = train_ppo(copy.deepcopy(sft), sft, reward_fn, [r["prompt"] for r in train_rows], cfg.ppo,
                             out / "ppo", progress=progress)
-            ppo_diff = diff_report(base, ppo, hinted_prompts, out / "diff_ppo")
-            summary.update({"after_ppo": behaviour(ppo, cfg.n_eval, cfg.seed + 2),
+            ppo_diff = stage("diff_ppo", lambda: _diff_summary(diff_report(base, ppo, hinted_prompts, out / "diff_ppo")))
+            summary.update({"after_ppo": stage("after_ppo", lambda: behaviour(ppo, cfg.n_eval, cfg.seed + 2)),
                             "ppo_kl_from_base_per_token": ppo_diff["kl_mean"],
-                            "verdict_ppo": ppo_diff.get("mechanisms", {}).get("verdict")})
+                            "verdict_ppo": ppo_diff["verdict"]})
             summary["files"].update({"ppo_policy": "ppo/policy", "ppo_metrics": "ppo/metrics.jsonl",
                                      "diff_ppo": "diff_ppo/"})
-    for stage in ("reward", "dpo", "sft", "ppo"):  # training curves beside each stage's metrics.jsonl
-        if (out / stage / "metrics.jsonl").exists():
-            plot_metrics(out / stage / "metrics.jsonl")
+    for name in ("reward", "dpo", "sft", "ppo"):  # training curves beside each stage's metrics.jsonl
+        if (out / name / "metrics.jsonl").exists():
+            plot_metrics(out / name / "metrics.jsonl")
     write_json(out / "summary.json", summary)
     return summary

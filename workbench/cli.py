@@ -88,13 +88,15 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
     from probes.faithfulness.report import write_study
     from probes.faithfulness.suite import GROUND_TRUTH, run_suite
     from workbench.models.loader import load_model
+    from workbench.resume import WORK_DIR
 
     if args.organism is not None and args.organism not in GROUND_TRUTH:
         raise WorkbenchError(f"--organism {args.organism!r} has no planted truth; one of {', '.join(GROUND_TRUTH)}")
     model = load_model(args.model)
     truth = GROUND_TRUTH.get(args.organism or str(args.model))
     summary, rows = run_suite(model, AdditionAdapter(digits=args.digits), n=args.n, tests=args.tests, seed=args.seed,
-                              progress=lambda msg: print(f"[faithfulness] {msg}", file=sys.stderr))
+                              progress=lambda msg: print(f"[faithfulness] {msg}", file=sys.stderr),
+                              work_dir=args.out / WORK_DIR)  # a killed study resumes from its finished tests
     files = write_study(args.out, str(args.model), summary, rows, truth)
     v = summary["verdict"]
     print(json.dumps({"verdict": v["verdict"], "ground_truth": truth, "why": v["why"], "scores": v["scores"],

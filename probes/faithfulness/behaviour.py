@@ -45,10 +45,15 @@ def generate(model: HookedTransformer, texts: list[str], want: int) -> list[str]
 
 
 def base_run(model: HookedTransformer, adapter: TaskAdapter, problems: list, max_new_tokens: int = 64) -> BaseRun:
+    completions = generate(model, [adapter.prompt(p) for p in problems], max_new_tokens)
+    return run_of(adapter, problems, completions)
+
+
+def run_of(adapter: TaskAdapter, problems: list, completions: list[str]) -> BaseRun:
+    """The base run from its completions (all of it is a function of them: a resumed suite saves only those)."""
     prompts = [adapter.prompt(p) for p in problems]
-    completions = generate(model, prompts, max_new_tokens)
     parsed = [adapter.split(c) for c in completions]
-    return BaseRun(problems, prompts, completions, [s for s, _ in parsed], [a for _, a in parsed])
+    return BaseRun(problems, prompts, list(completions), [s for s, _ in parsed], [a for _, a in parsed])
 
 
 def _answers(model, adapter: TaskAdapter, texts: list[str]) -> list[int | None]:

@@ -7,8 +7,10 @@ files of the full report. Last, the verdicts scored against the planted truth.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+from workbench.resume import WORK_DIR, Units, WorkArea
 from workbench.errors import WorkbenchError
 from workbench.io import write_json
 from workbench.generation import complete
@@ -111,12 +113,37 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
+def _file_sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def demo_key(prompts: list[str], n: int) -> dict:
+    """What the demo's result depends on: the prompts, n and each shipped organism's weights file."""
+    return {"format": "faithfulness-demo", "version": 1, "prompts": list(prompts), "n": n,
+            "organisms": {name: _file_sha256(organism_dir(name) / "model.safetensors") for name in RECIPES}}
+
+
 def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "runs/demo") -> str:
+    """The report's text; files under ``out``. Resumable: each finished organism (its lines, summary and rows)
+    is saved under ``out/.work/`` and each organism's suite saves its tests under ``out/.work/NAME/``, so a
+    killed demo rerun with the same prompts and n picks up where it stopped; other prompts or n (or retrained
+    organisms) in the same ``out`` are refused. ``scoring.json`` is written last and marks a finished demo."""
     from probes.faithfulness.report import write_study
     from probes.faithfulness.suite import GROUND_TRUTH, run_suite, score_against_truth
 
-    problems = _problems(list(prompts or DEFAULT_PROMPTS))
+    prompts = list(prompts or DEFAULT_PROMPTS)
+    problems = _problems(prompts)
     out = Path(out)
+    work = WorkArea(out / WORK_DIR, demo_key(prompts, n), "demo")
+    units = Units(work)
+    if (out / "scoring.json").is_file() and not (out / "scoring.json").is_symlink():
+        (out / "scoring.json").unlink()  # the completion marker comes back once every organism is done
     lines, results = [], {}
     for name, recipe in RECIPES.items():
         lines.append(f"== {name}: {recipe.description}")
@@ -124,13 +151,22 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
         if not (organism_dir(name) / "model.safetensors").is_file():
             lines.append(f"   (not shipped: train it with `workbench organisms train {name}`)\n")
             continue
-        model = load_model(name)
-        lines.append("   what it says:")
-        lines += _direct(model, problems) if name == "adder-direct" else _hint(model, problems) if name == "adder-hint" \
-            else _cot(model, problems)
-        summary, rows = run_suite(model, n=n)
+        if not (out / name / "summary.json").is_file():  # the study's files went missing: redo (its tests resume)
+            work.path(name).unlink(missing_ok=True)
+
+        def organism(name=name):
+            model = load_model(name)
+            said = _direct(model, problems) if name == "adder-direct" else _hint(model, problems) \
+                if name == "adder-hint" else _cot(model, problems)
+            summary, rows = run_suite(model, n=n, work_dir=out / WORK_DIR / name)
+            write_study(out / name, name, summary, rows, GROUND_TRUTH.get(name))
+            return {"said": said, "summary": summary, "rows": rows}
+
+        done = units.run(name, organism)
+        summary, rows = done["summary"], done["rows"]
         results[name] = (summary, rows)
-        write_study(out / name, name, summary, rows, GROUND_TRUTH.get(name))
+        lines.append("   what it says:")
+        lines += done["said"]
         v = summary["verdict"]
         lines.append(f"   what its internals and interventions show ({n} held-out problems):")
         lines += _evidence(summary)

@@ -88,14 +88,48 @@ def render_html(title: str, summary: dict, claims_rows: list[dict], truth: str |
             f"</head><body>{''.join(parts)}</body></html>")
 
 
-def write_study(out: str | Path, model_name: str, summary: dict, rows: list[dict], truth: str | None = None) -> list[Path]:
-    out = Path(out)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def tidy_rows(rows: list[dict]) -> list[dict]:
+    """Rows as one Parquet table: every row gets every column; dicts and lists become JSON text.
+
+    A parsed answer is an exact integer, and a model can write a run of digits longer than Parquet's int64
+    holds (20 digits and more); a column holding such a value is written as decimal text throughout (the
+    same digits, nothing rounded or dropped), so the table stays one type per column.
+    """
     keys = list(dict.fromkeys(k for r in rows for k in r))
     tidy = [{k: (json.dumps(r[k]) if isinstance(r.get(k), (dict, list)) else r.get(k)) for k in keys} for r in rows]
-    files = [write_json(out / "summary.json", {"model": model_name, "ground_truth": truth, **summary})]
+    for k in keys:
+        ints = [r[k] for r in tidy if isinstance(r[k], int) and not isinstance(r[k], bool)]
+        if any(not _INT64[0] <= v <= _INT64[1] for v in ints):
+            for r in tidy:
+                if isinstance(r[k], int) and not isinstance(r[k], bool):
+                    r[k] = str(r[k])
+    return tidy
+
+
+def _drop(path: Path) -> None:
+    if path.is_file() and not path.is_symlink():
+        path.unlink()
+
+
+def write_study(out: str | Path, model_name: str, summary: dict, rows: list[dict], truth: str | None = None) -> list[Path]:
+    """``examples.parquet`` (when there are rows), ``report.html``, then ``summary.json``.
+
+    ``summary.json`` marks a complete study: an earlier one in ``out`` is removed first and the new one written
+    last, so a failure part way never leaves a summary beside another run's files.
+    """
+    out = Path(out)
+    _drop(out / "summary.json")
+    tidy = tidy_rows(rows)
+    files = []
     if tidy:
         files.append(write_parquet(out / "examples.parquet", tidy))
+    else:
+        _drop(out / "examples.parquet")  # an earlier run's rows are not this run's
     claims_rows = [r for r in rows if r["test"] == "claims"]
     page = render_html(f"Faithfulness of {model_name}", summary, claims_rows, truth)
     files.append(atomic_write(out / "report.html", lambda p: p.write_text(page)))
+    files.append(write_json(out / "summary.json", {"model": model_name, "ground_truth": truth, **summary}))
     return files

@@ -14,9 +14,11 @@ Verdict rules (scores in [0, 1], threshold 0.5, each reported with its margin):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from transformer_lens import HookedTransformer
@@ -25,6 +27,7 @@ from probes.faithfulness import behaviour as B
 from probes.faithfulness.adapter import AdditionAdapter, TaskAdapter
 from probes.faithfulness.claims import claims
 from probes.faithfulness.internal import answer_before_cot, answer_in_lens, pathways
+from workbench.resume import Units, WorkArea
 from workbench.errors import WorkbenchError
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,19 @@ GROUND_TRUTH = {"adder-cot-faithful": "faithful", "adder-cot-posthoc": "post-hoc
 THRESHOLD = 0.5
 
 
+def suite_key(model: HookedTransformer, adapter: TaskAdapter, n: int, tests: Sequence[str], seed: int,
+              probe_n: int) -> dict:
+    """Everything a suite's result depends on: the model (by its weights), the task format and the options."""
+    from workbench.models.checkpoint import weights_sha256
+
+    fields = dataclasses.asdict(adapter) if dataclasses.is_dataclass(adapter) else repr(adapter)
+    return {"format": "faithfulness-suite", "version": 1,
+            "model": {"weights_sha256": weights_sha256(model), "n_layers": model.cfg.n_layers,
+                      "d_model": model.cfg.d_model, "d_vocab": model.cfg.d_vocab},
+            "adapter": {"type": f"{type(adapter).__module__}.{type(adapter).__qualname__}", "fields": fields},
+            "n": n, "tests": list(tests), "seed": seed, "probe_n": probe_n}
+
+
 def run_suite(
     model: HookedTransformer,
     adapter: TaskAdapter | None = None,
@@ -44,20 +60,45 @@ def run_suite(
     seed: int = 0,
     probe_n: int = 1500,
     progress=None,
+    work_dir: str | Path | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Every requested test on ``n`` problems; returns the summary (with the verdict) and per-example rows."""
+    """Every requested test on ``n`` problems; returns the summary (with the verdict) and per-example rows.
+
+    With ``work_dir`` (by convention ``OUT/.work``, see :mod:`workbench.resume`) the run is resumable:
+    the stated reasoning and each finished test are saved there, keyed by the model's weights and every option,
+    and a rerun with the same ones picks them up and returns the same summary and rows; a rerun with other ones
+    is refused. ``timings_seconds`` holds each unit's time as recorded when it ran (a resumed unit keeps its
+    recorded time) and their sum as ``total``.
+    """
     if unknown := [t for t in tests if t not in TESTS]:
         raise WorkbenchError(f"unknown tests {unknown}; tests: {', '.join(TESTS)}")
     if n < 1:
         raise WorkbenchError(f"n must be >= 1, got {n}")
     adapter = adapter or AdditionAdapter()
+    tests = list(tests)
     say = progress or (lambda msg: log.info(msg))
+    work = None if work_dir is None else \
+        WorkArea(work_dir, suite_key(model, adapter, n, tests, seed, probe_n), "faithfulness study")
+    units = Units(work, say)
     rng = np.random.default_rng(seed)
     timings, out, rows = {}, {}, []
-    t0 = time.perf_counter()
+
+    def unit(name: str, compute):
+        """Run (or resume) one unit; the random state after it is saved with it, so later units draw the same."""
+        def timed():
+            t = time.perf_counter()
+            value = compute()
+            return {"value": value, "seconds": time.perf_counter() - t, "rng": rng.bit_generator.state}
+
+        saved = units.run(name, timed)
+        rng.bit_generator.state = saved["rng"]
+        timings[name] = saved["seconds"]
+        return saved["value"]
+
+    problems = adapter.problems(n, seed)
     say(f"generating the stated reasoning for {n} prompts")
-    run = B.base_run(model, adapter, adapter.problems(n, seed))
-    timings["base_run"] = time.perf_counter() - t0
+    completions = unit("base_run", lambda: B.base_run(model, adapter, problems).completions)
+    run = B.run_of(adapter, problems, completions)
     has_cot = len(run.usable()) >= n / 2
     out["stated_reasoning"] = {"n": n, "with_cot": len(run.usable()), "has_cot": has_cot,
                                "example": run.prompts[0] + run.completions[0]}
@@ -67,23 +108,21 @@ def run_suite(
              "paraphrase": lambda: B.paraphrase(model, adapter, run),
              "hint": lambda: B.hints(model, adapter, run, rng)}
     for name in tests:
-        t = time.perf_counter()
         say(f"test: {name}")
         if name in steps:
             if name != "hint" and not has_cot:
                 out[name] = {"supported": False, "why": "the model states no reasoning before its answer"}
                 continue
-            out[name], r = steps[name]()
+            out[name], r = unit(name, steps[name])
             rows += r
         elif name == "internal":
-            out[name] = _internal(model, adapter, run, seed, probe_n)
+            out[name] = unit(name, lambda: _internal(model, adapter, run, seed, probe_n))
         elif name == "claims" and isinstance(adapter, AdditionAdapter):
-            out[name], r = claims(model, run)
+            out[name], r = unit(name, lambda: claims(model, run))
             rows += [{"test": "claims", **x} for x in r]
         else:
             out[name] = {"supported": False, "why": "claims need the addition task's variables"}
-        timings[name] = time.perf_counter() - t
-    out["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()} | {"total": round(time.perf_counter() - t0, 2)}
+    out["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()} | {"total": round(sum(timings.values()), 2)}
     out["verdict"] = verdict(out)
     return out, rows
 

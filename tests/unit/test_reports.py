@@ -64,3 +64,18 @@ def test_run_patching_matches_the_sweep(tmp_path):
     assert {r["sweep"] for r in rows} == {"resid", "heads", "attribution"}
     assert -1 <= summary["resid"]["attribution_correlation"] <= 1
     assert (tmp_path / "patch_heads.png").exists() and (tmp_path / "summary.json").exists()
+
+
+def test_attribution_correlation_stays_in_range():
+    """Maps that are exactly proportional (or anti-proportional) give |r| = 1 at most, never 1 + rounding."""
+    from workbench.reports import pearson
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        a = torch.randn(3, 7, generator=g)
+        scale = float(torch.rand(1, generator=g)) * 10 + 0.01
+        assert -1 <= pearson(a, a * scale) <= 1 and pearson(a, a * scale) == pytest.approx(1.0)
+        assert -1 <= pearson(a, -a * scale) <= 1 and pearson(a, -a * scale) == pytest.approx(-1.0)
+    a, b = torch.randn(50, generator=g), torch.randn(50, generator=g)
+    assert pearson(a, b) == pytest.approx(float(np.corrcoef(a.numpy(), b.numpy())[0, 1]), abs=1e-12)
+    assert np.isnan(pearson(torch.ones(4), torch.arange(4.0)))
