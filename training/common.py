@@ -28,7 +28,7 @@ from transformer_lens import HookedTransformer
 from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.io import write_json
 from workbench.models.tokenizer import is_char_tokenizer, vocabulary_chars
-from workbench.models.trainer import deterministic_cpu
+from workbench.models.trainer import check_config, deterministic_cpu, last_good_checkpoint
 
 SFT_COLUMNS = ("prompt", "completion")
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -50,35 +50,59 @@ def _report(problems: list[str], source: str, allowed: str) -> None:
         raise WorkbenchError(f"bad rows in {source}: " + "; ".join(problems[:10]) + f"{more}. {allowed}")
 
 
+def _read_jsonl_rows(path: Path, problems: list[str]) -> tuple[list[dict], list[str]]:
+    """The JSON objects of a JSONL file and their line numbers; problems (bytes that are not UTF-8, a line that is
+    not a JSON object) go to ``problems``. Lines end at ``\n`` only, so line numbers are an editor's."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise WorkbenchError(f"cannot read the data file {path}: {e.strerror or e}") from None
+    rows, where = [], []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            problems.append(f"line {n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}; is "
+                            f"{path.name} a binary file?)")
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            problems.append(f"line {n}: not JSON ({getattr(e, 'msg', e)})")
+            continue
+        except RecursionError:
+            problems.append(f"line {n}: JSON nested too deeply")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"line {n}: a JSON {type(row).__name__}, not an object")
+            continue
+        rows.append(row)
+        where.append(f"line {n}")
+    return rows, where
+
+
 def load_rows(source: str | Path | Iterable[Mapping], columns: Sequence[str]) -> Rows:
     """Rows with string ``columns`` from a JSONL path, a list of dicts or a ``datasets.Dataset``.
 
     Every malformed row is reported with its line (JSONL, 1-based) or row number (0-based) rather than skipped:
-    a line that is not a JSON object, a missing or non-string column, an empty or whitespace-only text in any
-    column but ``prompt``. Blank JSONL lines are ignored.
+    a line that is not UTF-8 or not a JSON object, a missing or non-string column, an empty or whitespace-only
+    text in any column but ``prompt``, and a preference pair whose ``chosen`` and ``rejected`` are the same text
+    (it carries no preference). Blank JSONL lines are ignored.
     """
     problems: list[str] = []
     if isinstance(source, (str, Path)):
         path, name = Path(source), str(source)
         if not path.is_file():
             raise WorkbenchError(f"no data file {path}")
-        rows, where = [], []
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                problems.append(f"line {n}: not JSON ({e.msg})")
-                continue
-            if not isinstance(row, dict):
-                problems.append(f"line {n}: a JSON {type(row).__name__}, not an object")
-                continue
-            rows.append(row)
-            where.append(f"line {n}")
+        rows, where = _read_jsonl_rows(path, problems)
     else:
         name = "the data"
-        rows = [dict(r) for r in source]
+        try:
+            rows = [dict(r) for r in source]
+        except (TypeError, ValueError) as e:
+            raise WorkbenchError(f"the data must be an iterable of mappings (rows of named columns): {e}") from None
         where = [f"row {i}" for i in range(len(rows))]
     for row, at in zip(rows, where):
         for c in columns:
@@ -88,7 +112,11 @@ def load_rows(source: str | Path | Iterable[Mapping], columns: Sequence[str]) ->
                 problems.append(f"{at}: {c!r} is a {type(row[c]).__name__}, not a string")
             elif c != "prompt" and not row[c].strip():
                 problems.append(f"{at}: empty {c!r}")
-    _report(problems, name, f"Each row needs the string columns {list(columns)} (TRL's names), non-empty texts.")
+        if "chosen" in columns and "rejected" in columns and isinstance(row.get("chosen"), str) \
+                and row.get("chosen") == row.get("rejected"):
+            problems.append(f"{at}: 'chosen' and 'rejected' are the same text (no preference to learn)")
+    _report(problems, name, f"Each row needs the string columns {list(columns)} (TRL's names), non-empty texts"
+            + (", chosen different from rejected." if "rejected" in columns else "."))
     if not rows:
         raise WorkbenchError(f"no rows in {name}")
     return Rows(rows, where)
@@ -115,11 +143,17 @@ def check_finite(loss: Tensor, step: int, state_dir: Path | None, method: str) -
     when the caller keeps none) is the last good one."""
     if torch.isfinite(loss).all():
         return
-    meta = state_dir / "state.json" if state_dir is not None else None
-    kept = (f"the last good checkpoint (step {json.loads(meta.read_text())['step']}) is kept in {state_dir}"
-            if meta is not None and meta.exists() else "no checkpoint had been written yet")
-    raise NonFiniteLoss(f"the {method} loss became {loss.item()} at step {step}; {kept}. Lower the learning rate "
-                        "or check the data; resuming continues from that checkpoint.")
+    raise NonFiniteLoss(f"the {method} loss became {loss.item()} at step {step}; {last_good_checkpoint(state_dir)}. "
+                        "Lower the learning rate or check the data; resuming continues from that checkpoint.")
+
+
+def check_training_config(cfg, method: str, positive: Sequence[str] = (), non_negative: Sequence[str] = (),
+                          counts: Sequence[str] = ()) -> None:
+    """What every trainer refuses up front: ``lr`` not a finite number > 0, ``steps``, ``batch_size`` or
+    ``checkpoint_every`` not an integer >= 1; plus the method's own ``positive`` / ``non_negative`` numbers and
+    ``counts``. A :class:`WorkbenchError` listing every bad field."""
+    check_config(cfg, method, positive=("lr", *positive), non_negative=non_negative,
+                 counts=("steps", "batch_size", "checkpoint_every", *counts))
 
 
 @dataclass(frozen=True)
@@ -195,8 +229,17 @@ def start_run(out_dir: Path, run: dict, resume: bool, writer: bool = True) -> bo
     touches the directory.
     """
     marker, state = out_dir / "run.json", out_dir / "state"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WorkbenchError(f"{out_dir} is a file; a training run's output is a directory")
     if resume and (state / "state.json").exists():
-        old = json.loads(marker.read_text()) if marker.exists() else {}
+        try:
+            old = json.loads(marker.read_text()) if marker.exists() else {}
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise WorkbenchError(f"{marker} is unreadable ({e}); delete {out_dir} or pass --no-resume to start "
+                                 "from step 0") from None
+        if not isinstance(old, dict):
+            raise WorkbenchError(f"{marker} is damaged (a JSON {type(old).__name__}, not an object); delete "
+                                 f"{out_dir} or pass --no-resume to start from step 0")
         if old != run:
             diff = sorted(k for k in run.keys() | old.keys() if old.get(k) != run.get(k))
             raise WorkbenchError(f"{out_dir} holds the state of a different run (differs in {diff}); delete it, "
@@ -222,7 +265,27 @@ class MetricLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if self.path.exists() and resume_step > 0:
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] < resume_step]
+            try:
+                text = self.path.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise WorkbenchError(f"the metric log {self.path} is unreadable ({e}); delete it (or the run's "
+                                     "directory) or pass --no-resume") from None
+            lines = text.split("\n")
+            for n, line in enumerate(lines, start=1):
+                if not line:
+                    continue
+                try:
+                    step = json.loads(line)["step"]
+                    if isinstance(step, bool) or not isinstance(step, int):
+                        raise TypeError(step)
+                except (ValueError, KeyError, TypeError):
+                    if n == len(lines):  # the line being written when a run was killed: a later step's
+                        continue
+                    raise WorkbenchError(f"the metric log {self.path} is damaged at line {n} (expected a JSON "
+                                         "object with an integer step); delete it (or the run's directory) or pass "
+                                         "--no-resume") from None
+                if step < resume_step:
+                    kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:

@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from training.common import (
-    PREFERENCE_COLUMNS, MetricLog, check_finite, check_vocabulary, device_context, distributed, encode_pairs,
-    load_rows, sequence_logprob, start_run, step_indices, take_pairs,
+    PREFERENCE_COLUMNS, MetricLog, check_finite, check_training_config, check_vocabulary, device_context,
+    distributed, encode_pairs, load_rows, sequence_logprob, start_run, step_indices, take_pairs,
 )
-
+from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import save_checkpoint, weights_sha256
-from workbench.models.trainer import load_train_state, save_train_state
+from workbench.models.trainer import checked_step, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,12 @@ class DPOConfig:
     """Weight of an added NLL loss on the chosen completions, per token (Pang et al. 2024, TRL's ``rpo_alpha``):
     keeps DPO from lowering the chosen completions' likelihood along with the rejected ones'."""
 
+    def __post_init__(self):
+        check_training_config(self, "DPO", positive=("beta", "max_grad_norm"), non_negative=("rpo_alpha",),
+                              counts=("num_threads",))
+        if not callable(self.loss_fn):
+            raise WorkbenchError(f"bad DPO config: loss_fn must be a function, got {self.loss_fn!r}")
+
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "loss_fn": f"{self.loss_fn.__module__}.{self.loss_fn.__qualname__}"}
 
@@ -143,7 +149,7 @@ def train_dpo(
         opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
         step, seconds_before = 0, 0.0
         if start_run(out_dir, run, resume, writer=ddp.is_main):
-            step, _, seconds_before = load_train_state(out_dir / "state", policy, opt)
+            step, _, seconds_before = load_train_state(out_dir / "state", policy, opt, max_step=cfg.steps)
             log.info("resuming DPO in %s from step %d", out_dir, step)
         ddp.barrier()
         model = ddp.wrap(policy)  # the policy itself on one process; DDP around it under torchrun
@@ -168,7 +174,7 @@ def train_dpo(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            opt.step()
+            checked_step(opt, policy, step, out_dir / "state", "DPO")  # nan/inf weights stop before any save
             if metrics_log:
                 metrics_log.write(step, metrics)  # logged as the step that was taken
             step += 1

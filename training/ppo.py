@@ -33,11 +33,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from training.common import Batch, Distributed, MetricLog, check_finite, distributed
+from training.common import Batch, Distributed, MetricLog, check_finite, check_training_config, distributed
 from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.models.checkpoint import save_checkpoint
 from workbench.models.tokenizer import tokenize_prompts
-from workbench.models.trainer import load_train_state, save_train_state, deterministic_cpu
+from workbench.models.trainer import checked_step, deterministic_cpu, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 RewardFn = Callable[[list[str], list[str]], Tensor]
@@ -87,6 +87,12 @@ class PPOConfig:
     """Iterations between resumable checkpoints."""
     num_threads: int = 4
     """CPU threads; fixed, with deterministic kernels, so a seed gives the same weights bit for bit on CPU."""
+
+    def __post_init__(self):
+        check_training_config(self, "PPO", positive=("temperature", "target_kl", "horizon"),
+                              non_negative=("gamma", "lam", "cliprange", "cliprange_value", "vf_coef", "kl_coef",
+                                            "missing_eos_penalty"),
+                              counts=("ppo_epochs", "minibatch_size", "max_new_tokens", "num_threads"))
 
 
 # ---- pure functions -------------------------------------------------------------------------------------------
@@ -324,7 +330,7 @@ def ppo_update(
             check_finite(ddp.mean({"loss": loss.detach()})["loss"], iteration, state_dir, "PPO")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            checked_step(opt, model, iteration, state_dir, "PPO")  # nan/inf weights stop before any save
             out.append({k: float(v) for k, v in {**p_metrics, **v_metrics}.items()})
     return out
 
@@ -349,8 +355,17 @@ def train_ppo(
         raise WorkbenchError(f"PPO samples: temperature must be > 0, got {cfg.temperature}")
     out_dir, cfg_json = Path(out_dir), dataclasses.asdict(cfg)
     marker, state_dir = out_dir / "ppo_config.json", out_dir / "state"
-    if resume and marker.exists() and json.loads(marker.read_text()) != cfg_json:
-        raise WorkbenchError(f"{out_dir} holds a PPO run with another config; delete it or pass another directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WorkbenchError(f"{out_dir} is a file; a PPO run's output is a directory")
+    if resume and marker.exists():
+        try:
+            old_cfg = json.loads(marker.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise WorkbenchError(f"{marker} is unreadable ({e}); delete {out_dir} or pass --no-resume to start from "
+                                 "iteration 0") from None
+        if old_cfg != cfg_json:
+            raise WorkbenchError(f"{out_dir} holds a PPO run with another config; delete it or pass another "
+                                 "directory")
     on_cpu, ddp = torch.device(policy.cfg.device).type == "cpu", distributed()
     if cfg.batch_size % ddp.world_size or cfg.minibatch_size % ddp.world_size:
         raise WorkbenchError(f"batch_size {cfg.batch_size} and minibatch_size {cfg.minibatch_size} must split over "
@@ -363,7 +378,10 @@ def train_ppo(
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
         step, history, seconds_before = 0, [], 0.0  # history: the KL coefficient in force from each step on
         if resume and (state_dir / "state.json").exists():
-            step, history, seconds_before = load_train_state(state_dir, model, opt)  # the workbench trainer's format
+            step, history, seconds_before = load_train_state(state_dir, model, opt, max_step=cfg.steps)
+            if not all(isinstance(h, dict) and isinstance(h.get("kl_coef"), (int, float)) for h in history):
+                raise WorkbenchError(f"the resumable state {state_dir / 'state.json'} is damaged: its history must "
+                                     "list the KL coefficient of each iteration; delete it or pass --no-resume")
             log.info("resuming PPO from iteration %d", step)
         elif state_dir.exists() and ddp.is_main:
             shutil.rmtree(state_dir)  # starting afresh: a later resume must never pick up stale state

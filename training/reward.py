@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,19 +24,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from training.common import (
-    PREFERENCE_COLUMNS, Batch, MetricLog, check_finite, check_vocabulary, device_context, distributed, encode,
-    encode_pairs, last_completion_index, load_rows, start_run, step_indices, take_pairs,
+    PREFERENCE_COLUMNS, Batch, MetricLog, check_finite, check_training_config, check_vocabulary, device_context,
+    distributed, encode, encode_pairs, last_completion_index, load_rows, start_run, step_indices, take_pairs,
 )
 from workbench.errors import WorkbenchError
 from workbench.io import atomic_dir
 from workbench.models.checkpoint import load_checkpoint, save_checkpoint, weights_sha256
-from workbench.models.trainer import load_train_state, save_train_state
+from workbench.models.trainer import checked_step, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 FORMAT = "workbench-reward-model"
@@ -60,6 +62,9 @@ class RewardConfig:
     num_threads: int = 1
     """CPU threads; fixed, with deterministic kernels, so a resumed run matches an uninterrupted one bit for bit."""
 
+    def __post_init__(self):
+        check_training_config(self, "reward-model", positive=("max_grad_norm",), counts=("num_threads",))
+
 
 class RewardModel(nn.Module):
     """A HookedTransformer body and a zero-initialised linear head on its ``ln_final`` output."""
@@ -80,6 +85,10 @@ class RewardModel(nn.Module):
         return values.gather(-1, last_completion_index(batch)[:, None])[:, 0]
 
 
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def reward_loss(
@@ -111,10 +120,10 @@ def train_reward(
     columns = PREFERENCE_COLUMNS + ((cfg.margin_column,) if cfg.margin_column else ())
     rows = load_rows(rows, PREFERENCE_COLUMNS)
     if cfg.margin_column:
-        bad = [i for i, r in enumerate(rows) if not isinstance(r.get(cfg.margin_column), (int, float))]
+        bad = [at for r, at in zip(rows, rows.where) if not _finite_number(r.get(cfg.margin_column))]
         if bad:
-            raise WorkbenchError(f"rows {bad[:5]} lack a number in the margin column {cfg.margin_column!r}; "
-                                 f"columns needed: {list(columns)}")
+            raise WorkbenchError(f"{', '.join(bad[:5])}{' and more' if len(bad) > 5 else ''} lack a finite number in "
+                                 f"the margin column {cfg.margin_column!r}; columns needed: {list(columns)}")
     rm = model if isinstance(model, RewardModel) else RewardModel(model)
     rm.requires_grad_(True)  # a body that served as a frozen reference elsewhere trains too
     check_vocabulary(rm.body, rows, PREFERENCE_COLUMNS)
@@ -127,7 +136,7 @@ def train_reward(
         opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
         step, seconds_before = 0, 0.0
         if start_run(out_dir, run, resume, writer=ddp.is_main):
-            step, _, seconds_before = load_train_state(out_dir / "state", rm, opt)
+            step, _, seconds_before = load_train_state(out_dir / "state", rm, opt, max_step=cfg.steps)
             log.info("resuming the reward model in %s from step %d", out_dir, step)
         ddp.barrier()
         model = ddp.wrap(rm, find_unused_parameters=True)  # DDP under torchrun; the unembedding is never used
@@ -144,7 +153,7 @@ def train_reward(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.max_grad_norm)
-            opt.step()
+            checked_step(opt, rm, step, out_dir / "state", "reward-model")  # nan/inf weights stop before any save
             if metrics_log:
                 metrics_log.write(step, metrics)  # logged as the step that was taken
             step += 1
@@ -179,10 +188,21 @@ def load_reward_model(directory: str | Path, device: str | None = None) -> Rewar
     """Load a directory written by :func:`save_reward_model`."""
     directory = Path(directory)
     config_path = directory / "config.json"
-    if not config_path.is_file() or json.loads(config_path.read_text()).get("format") != FORMAT:
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        config = None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise WorkbenchError(f"{directory} is not a reward model (config.json with format={FORMAT!r})")
     rm = RewardModel(load_checkpoint(directory / "body", device))
-    rm.head.load_state_dict(load_file(str(directory / "value_head.safetensors"), device=str(rm.body.cfg.device)))
+    head = directory / "value_head.safetensors"
+    try:
+        rm.head.load_state_dict(load_file(str(head), device=str(rm.body.cfg.device)))
+    except (OSError, SafetensorError, RuntimeError, ValueError, KeyError) as e:
+        raise WorkbenchError(f"{head} is missing or damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                             "expected the value head (weight and bias) written by `workbench train reward`") from None
+    if not all(torch.isfinite(p).all() for p in rm.head.parameters()):
+        raise WorkbenchError(f"{head} holds nan/inf; retrain the reward model")
     return rm.eval()
 
 

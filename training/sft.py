@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from training.common import (
-    SFT_COLUMNS, MetricLog, check_finite, check_vocabulary, distributed, encode, load_rows, start_run, token_logprobs,
+    SFT_COLUMNS, MetricLog, check_finite, check_training_config, check_vocabulary, distributed, encode, load_rows,
+    start_run, token_logprobs,
 )
 from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import save_checkpoint, weights_sha256
-from workbench.models.trainer import load_train_state, save_train_state, deterministic_cpu
+from workbench.models.trainer import checked_step, deterministic_cpu, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class SFTConfig:
     """Steps between resumable checkpoints."""
     threads: int = 2
     """Torch CPU threads (fixed, so runs are bit-for-bit reproducible)."""
+
+    def __post_init__(self):
+        check_training_config(self, "SFT", non_negative=("weight_decay",), counts=("threads",))
 
 
 def sft_loss(
@@ -89,7 +93,7 @@ def train_sft(
     # Resume only the same run (config and starting weights); a fresh start clears any stale state.
     run = {"method": "sft", "config": asdict(cfg), "initial_weights": weights_sha256(model)}
     if start_run(out, run, resume, writer=ddp.is_main):
-        start, _, _ = load_train_state(state, model, opt)
+        start, _, _ = load_train_state(state, model, opt, max_step=cfg.steps)
     ddp.barrier()
     wrapped = ddp.wrap(model)  # the model itself on one process; DDP around it under torchrun
     metrics_log = MetricLog(out / "metrics.jsonl", resume_step=start) if ddp.is_main else None
@@ -104,7 +108,7 @@ def train_sft(
             check_finite(torch.as_tensor(metrics["loss"]), step, state, "SFT")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            checked_step(opt, model, step, state, "SFT")  # nan/inf weights stop the run before any save
             if metrics_log:
                 metrics_log.write(step, metrics)
             if ddp.is_main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):

@@ -9,6 +9,11 @@ Layout::
     DIR/manifest.json              model identity, hooks, shapes, dtype, positions, prompts digest, shards
     DIR/shard-00000.safetensors    one tensor per hook [count, n_positions, ...] + tokens + lengths
 
+The manifest records each shard's byte size and SHA-256; opening a cache (and resuming one) checks every
+listed shard against them once, so a deleted, truncated or altered shard is refused by name rather than read.
+Caches written before digests were recorded (manifest version 1) are checked by their safetensors headers
+(shapes, and that each file is exactly as long as its header says), and gain digests when resumed.
+
 Reading gives random access (``reader[name, i]``) and an iterator of ``[batch, d]`` tensors over all cached
 positions (``iter_batches``), the input SAE training consumes.
 """
@@ -18,11 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -31,12 +38,15 @@ from transformer_lens import HookedTransformer
 from workbench.caching import cache_tokens, resolve_hooks
 from workbench.errors import WorkbenchError
 from workbench.interventions import Positions
-from workbench.io import atomic_write, write_json
+from workbench.io import file_digest, atomic_write, write_json
 from workbench.models.checkpoint import weights_sha256
 from workbench.models.tokenizer import tokenize_prompts
 
 log = logging.getLogger(__name__)
 FORMAT = "workbench-activation-cache"
+VERSION = 2
+"""Version 2 records each shard's ``bytes`` and ``sha256``; version 1 caches (without them) are still read."""
+_REBUILD = "delete the directory and write the cache again"
 
 
 def _digest(strings: Sequence[str]) -> str:
@@ -84,12 +94,10 @@ def write_cache(
     key = {"model": identity, "hooks": names, "positions": pos_json, "prompts_sha256": _digest(prompts),
            "n_prompts": len(prompts), "shard_size": shard_size}
     manifest_path = out_dir / "manifest.json"
-    manifest = {"format": FORMAT, "version": 1, **key, "shapes": {}, "dtype": None, "shards": [], "complete": False}
+    manifest = {"format": FORMAT, "version": VERSION, **key, "shapes": {}, "dtype": None, "shards": [],
+                "complete": False}
     if manifest_path.exists():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as e:
-            raise WorkbenchError(f"{manifest_path} is not valid JSON ({e}); delete the directory to start over") from None
+        old = read_manifest(manifest_path)
         # The model is identified by its weights, not by the path it was loaded from ("./m" and "m" are one model).
         differ = [k for k in key if k != "model" and old.get(k) != key[k]]
         if old.get("model", {}).get("weights_sha256") != identity["weights_sha256"]:
@@ -97,7 +105,20 @@ def write_cache(
         if differ:
             raise WorkbenchError(f"{out_dir} holds a cache with other {', '.join(differ)}; choose another --out "
                                  "or delete it")
+        # Resume only on shards that are what the manifest says: a damaged one is refused, never built upon.
+        names = list(old["shapes"]) or old["hooks"]
+        upgraded = False
+        for shard in old["shards"]:
+            if "sha256" in shard:
+                verify_shard(out_dir, shard)
+            else:  # a version-1 cache: check the file's structure, then record its digest from now on
+                check_shard_structure(out_dir, shard, names, old["shapes"])
+                shard.update(file_digest(out_dir / shard["file"]))
+                upgraded = True
         manifest = old
+        if upgraded:
+            manifest["version"] = VERSION
+            write_json(manifest_path, manifest)
     done = {s["start"] for s in manifest["shards"]}
     starts = list(range(0, len(prompts), shard_size))
     bar = tqdm(total=len(prompts), initial=sum(s["count"] for s in manifest["shards"]), unit="prompt",
@@ -114,10 +135,16 @@ def write_cache(
             padded[i, : len(t)] = t
         tensors = {name: a.contiguous() for name, a in acts.items()} | {"tokens": padded, "lengths": lengths}
         file = f"shard-{start // shard_size:05d}.safetensors"
-        atomic_write(out_dir / file, lambda p: save_file(tensors, str(p)))
+        written: dict = {}
+
+        def write(p: Path) -> None:
+            save_file(tensors, str(p))
+            written.update(file_digest(p))  # of the bytes just written, before they are renamed into place
+
+        atomic_write(out_dir / file, write)
         manifest["shapes"] = {name: list(a.shape[1:]) for name, a in acts.items()}
         manifest["dtype"] = str(next(iter(acts.values())).dtype).removeprefix("torch.")
-        manifest["shards"].append({"file": file, "start": start, "count": len(chunk_toks)})
+        manifest["shards"].append({"file": file, "start": start, "count": len(chunk_toks), **written})
         manifest["shards"].sort(key=lambda s: s["start"])
         manifest["complete"] = len(manifest["shards"]) == len(starts)
         write_json(manifest_path, manifest)
@@ -128,20 +155,143 @@ def write_cache(
     return out_dir
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_manifest(path: Path) -> dict:
+    """A cache manifest, checked: a JSON object of the right format and version, with every key, and shards that
+    tile the prompts as the writer lays them out (consecutive ``shard_size`` blocks, named by their index, all of
+    them when it says ``complete``). Anything else is a :class:`WorkbenchError` naming the file."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise WorkbenchError(f"{path} is unreadable ({e}); {_REBUILD}") from None
+    try:
+        m = json.loads(text)
+    except ValueError as e:
+        raise WorkbenchError(f"{path} is not valid JSON ({e}); delete the directory to start over") from None
+    if not isinstance(m, dict):
+        raise WorkbenchError(f"{path} is not a {FORMAT} manifest (a JSON {type(m).__name__}, expected an object); "
+                             f"{_REBUILD}")
+    if m.get("format") != FORMAT:
+        raise WorkbenchError(f"{path} is not a {FORMAT} manifest")
+    keys = {"version": _is_int, "model": lambda v: isinstance(v, dict) and isinstance(v.get("weights_sha256"), str),
+            "hooks": lambda v: isinstance(v, list) and all(isinstance(h, str) for h in v),
+            "positions": lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
+            "prompts_sha256": lambda v: isinstance(v, str), "n_prompts": lambda v: _is_int(v) and v >= 0,
+            "shard_size": lambda v: _is_int(v) and v >= 1,
+            "shapes": lambda v: isinstance(v, dict) and all(isinstance(d, list) and all(map(_is_int, d))
+                                                            for d in v.values()),
+            "dtype": lambda v: v is None or isinstance(v, str), "shards": lambda v: isinstance(v, list),
+            "complete": lambda v: isinstance(v, bool)}
+    missing = [k for k in keys if k not in m]
+    if missing:
+        raise WorkbenchError(f"{path} lacks the keys {missing}; {_REBUILD}")
+    bad = [k for k, ok in keys.items() if not ok(m[k])]
+    if bad:
+        raise WorkbenchError(f"{path} has malformed {', '.join(repr(k) for k in bad)}; {_REBUILD}")
+    if not 1 <= m["version"] <= VERSION:
+        raise WorkbenchError(f"{path} is manifest version {m['version']}; this workbench reads versions 1 to "
+                             f"{VERSION}")
+    n, size = m["n_prompts"], m["shard_size"]
+    expected = {start: min(size, n - start) for start in range(0, n, size)}
+    seen = set()
+    for i, shard in enumerate(m["shards"]):
+        ok = (isinstance(shard, dict) and _is_int(shard.get("start")) and _is_int(shard.get("count"))
+              and shard["start"] in expected and shard["count"] == expected[shard["start"]]
+              and shard.get("file") == f"shard-{shard['start'] // size:05d}.safetensors"
+              and shard["start"] not in seen)
+        if ok and (m["version"] >= 2 or "sha256" in shard):
+            ok = (_is_int(shard.get("bytes")) and isinstance(shard.get("sha256"), str)
+                  and re.fullmatch(r"[0-9a-f]{64}", shard["sha256"]) is not None)
+        if not ok:
+            raise WorkbenchError(f"{path}: shard entry {i} ({json.dumps(shard)[:120]}) is not one this cache's "
+                                 f"layout allows (file shard-NNNNN.safetensors, start a multiple of {size} below "
+                                 f"{n}, its count, once each{', bytes and sha256' if m['version'] >= 2 else ''}); "
+                                 f"{_REBUILD}")
+        seen.add(shard["start"])
+    m["shards"].sort(key=lambda s: s["start"])
+    if m["complete"] != (len(seen) == len(expected)):
+        raise WorkbenchError(f"{path} says complete={str(m['complete']).lower()} but lists {len(seen)} of the "
+                             f"{len(expected)} shards of its {n} prompts; {_REBUILD}")
+    if m["shards"] and (not m["shapes"] and not m["hooks"] or m["dtype"] is None):
+        raise WorkbenchError(f"{path} lists shards but no shapes or dtype; {_REBUILD}")
+    return m
+
+
+def verify_shard(directory: Path, shard: dict) -> None:
+    """Refuse a shard whose file is missing or whose size or SHA-256 differs from its manifest entry."""
+    file = directory / shard["file"]
+    if not file.is_file():
+        raise WorkbenchError(f"{file} is missing (manifest.json lists it); {_REBUILD}")
+    size = file.stat().st_size
+    if size != shard["bytes"]:
+        raise WorkbenchError(f"{file} is damaged: {size} bytes, manifest.json records {shard['bytes']} (truncated "
+                             f"or overwritten); {_REBUILD}")
+    if file_digest(file)["sha256"] != shard["sha256"]:
+        raise WorkbenchError(f"{file} is damaged: its SHA-256 differs from the one manifest.json records; "
+                             f"{_REBUILD}")
+
+
+def check_shard_structure(directory: Path, shard: dict, hooks: Sequence[str], shapes: dict) -> None:
+    """For a shard without a recorded digest: the file exists, its safetensors header parses and covers the file
+    exactly (a truncated file fails), and it holds every hook, ``tokens`` and ``lengths`` with ``count`` rows and
+    the manifest's shapes."""
+    file = directory / shard["file"]
+    if not file.is_file():
+        raise WorkbenchError(f"{file} is missing (manifest.json lists it); {_REBUILD}")
+    try:
+        with safe_open(str(file), "pt") as f:
+            got = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (OSError, SafetensorError) as e:
+        raise WorkbenchError(f"{file} is damaged ({e}); {_REBUILD}") from None
+    want = {h: [shard["count"], *shapes[h]] for h in hooks if h in shapes}
+    wrong = [k for k, v in want.items() if got.get(k) != v]
+    wrong += [k for k in ("tokens", "lengths") if k not in got or not got[k] or got[k][0] != shard["count"]]
+    if wrong:
+        raise WorkbenchError(f"{file} does not hold what manifest.json says ({', '.join(wrong)}: expected "
+                             f"{shard['count']} rows of the recorded shapes); {_REBUILD}")
+
+
 class CacheReader:
     """Read a cache written by :func:`write_cache`; shards are opened lazily (memory-mapped by safetensors)."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, verify: bool = True):
+        """Open a cache, checking every listed shard once: its size, and with ``verify`` (the default) its SHA-256
+        against the manifest (one read of each file; batches read afterwards are not hashed again). A cache
+        written before digests were recorded is checked by its shards' safetensors headers instead."""
         self.dir = Path(directory)
         path = self.dir / "manifest.json"
         if not path.is_file():
             raise WorkbenchError(f"{self.dir} has no manifest.json: not an activation cache")
-        self.manifest = json.loads(path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise WorkbenchError(f"{path} is not a {FORMAT} manifest")
+        self.manifest = read_manifest(path)
         self.shards = self.manifest["shards"]
         # Hooks actually cached: a glob may match hooks that never fire in this model, which are dropped.
         self.hooks: list[str] = list(self.manifest["shapes"]) or self.manifest["hooks"]
+        legacy = [s for s in self.shards if "sha256" not in s]
+        for s in self.shards:  # sizes first: a missing or truncated shard is reported before any hashing
+            if "sha256" in s and (not (self.dir / s["file"]).is_file()
+                                  or (self.dir / s["file"]).stat().st_size != s["bytes"]):
+                verify_shard(self.dir, s)
+        for s in self.shards:
+            if "sha256" not in s:
+                check_shard_structure(self.dir, s, self.hooks, self.manifest["shapes"])
+            elif verify:
+                verify_shard(self.dir, s)
+        if legacy:
+            log.warning("%s records no shard digests (written by an older workbench): shards were checked by their "
+                        "headers only; resume or rebuild the cache to record digests", self.dir)
+
+    @contextmanager
+    def _open(self, shard: dict):
+        """A shard opened for reading; a file changed or removed since the cache was opened is a user error."""
+        file = self.dir / shard["file"]
+        try:
+            with safe_open(str(file), "pt") as f:
+                yield f
+        except (OSError, SafetensorError) as e:
+            raise WorkbenchError(f"{file} cannot be read ({e}); {_REBUILD}") from None
 
     def __len__(self) -> int:
         return sum(s["count"] for s in self.shards)
@@ -160,22 +310,23 @@ class CacheReader:
         self._check(name)
         for s in self.shards:
             if s["start"] <= i < s["start"] + s["count"]:
-                with safe_open(str(self.dir / s["file"]), "pt") as f:
+                with self._open(s) as f:
                     return f.get_slice(name)[i - s["start"]]
         raise IndexError(f"prompt {i} is not in the cache (cached prompts: {len(self)})")
 
     def shard_tensors(self, name: str) -> Iterator[Tensor]:
         self._check(name)
         for s in self.shards:
-            with safe_open(str(self.dir / s["file"]), "pt") as f:
-                yield f.get_tensor(name)
+            with self._open(s) as f:
+                tensor = f.get_tensor(name)
+            yield tensor
 
     def shard_rows(self, name: str, k: int, skip_first: int = 0) -> Tensor:
         """Shard ``k``'s activations of ``name`` as ``[rows, d]``: every cached position of every prompt (heads
         joined into ``d``), without the padding of an all-positions cache and, there, without each prompt's first
         ``skip_first`` positions (1 drops the BOS, whose activations are outliers an SAE should not spend on)."""
         self._check(name)
-        with safe_open(str(self.dir / self.shards[k]["file"]), "pt") as f:
+        with self._open(self.shards[k]) as f:
             acts = f.get_tensor(name)
             if self.manifest["positions"] is not None:
                 return acts.flatten(0, 1).flatten(1)

@@ -69,6 +69,8 @@ def transcoder_set(transcoders: dict[int, Transcoder], scan: str | None = None) 
         if tc.cfg.d_in != tc.cfg.d_out:
             raise WorkbenchError(f"layer {layer}: d_in {tc.cfg.d_in} != d_out {tc.cfg.d_out}; a transcoder from "
                                  f"resid_mid to mlp_out maps d_model to d_model")
+        if not all(torch.isfinite(p).all() for p in (tc.W_enc, tc.b_enc, tc.W_dec, tc.b_dec)):
+            raise WorkbenchError(f"layer {layer}: the transcoder's weights hold nan or inf")
         for key, want in (("hook_name", FEATURE_INPUT_HOOK), ("hook_name_out", FEATURE_OUTPUT_HOOK)):
             got = tc.cfg.metadata.get(key)
             if got is not None and got != f"blocks.{layer}.{want}":

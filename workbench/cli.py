@@ -287,19 +287,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.method == "sft":
         from training.sft import SFTConfig, train_sft
 
-        train_sft(model, args.data, SFTConfig(**common, threads=args.threads), args.out)
+        train_sft(model, args.data, SFTConfig(**common, threads=args.threads), args.out, resume=not args.no_resume)
         saved = args.out / "model"
     elif args.method == "reward":
         from training.reward import RewardConfig, train_reward
 
-        train_reward(model, args.data, RewardConfig(**common, num_threads=args.threads), args.out)
+        train_reward(model, args.data, RewardConfig(**common, num_threads=args.threads), args.out,
+                     resume=not args.no_resume)
         saved = args.out / "model"
     elif args.method in ("dpo", "ipo"):
         from training.dpo import LOSSES, DPOConfig, train_dpo
 
         cfg = DPOConfig(**common, beta=args.beta, loss_fn=LOSSES[args.method], rpo_alpha=args.rpo_alpha,
                         num_threads=args.threads)
-        train_dpo(model, None, args.data, cfg, args.out)
+        train_dpo(model, None, args.data, cfg, args.out, resume=not args.no_resume)
         saved = args.out / "model"
     else:  # ppo
         from training.common import load_rows
@@ -311,7 +312,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         rm = load_reward_model(args.reward_model, str(model.cfg.device))
         prompts = [r["prompt"] for r in load_rows(args.data, ("prompt",))]
         cfg = PPOConfig(**common, max_new_tokens=args.max_new_tokens, num_threads=args.threads)
-        train_ppo(model, None, lambda p, c: score(rm, p, c).detach(), prompts, cfg, args.out)
+        train_ppo(model, None, lambda p, c: score(rm, p, c).detach(), prompts, cfg, args.out,
+                  resume=not args.no_resume)
         saved = args.out / "policy"
     if ddp.is_main:
         from training.common import plot_metrics
@@ -494,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-new-tokens", type=_positive_int, default=16, help="ppo: tokens sampled per completion")
     tr.add_argument("--threads", type=_positive_int, default=1, help="CPU threads per process")
     tr.add_argument("--seed", type=_seed, default=0)
+    tr.add_argument("--no-resume", action="store_true", help="start from step 0 even if OUT holds a checkpoint")
     tr.set_defaults(fn=cmd_train)
 
     ap = sub.add_parser("app", help="the Streamlit explorer (streamlit run apps/explorer.py)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -73,20 +74,26 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 # Files moved into place last by atomic_dir: readers take them as "this directory is complete".
-_MOVED_LAST = ("config.json", "cfg.json", "card.json", "workbench.json", "manifest.json", "summary.json")
+_MOVED_LAST = ("config.json", "cfg.json", "card.json", "workbench.json", "manifest.json", "state.json",
+               "summary.json")
 
 
-def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_dir(path: str | Path, write: Callable[[Path], None], whole: bool = False) -> Path:
     """Build a directory's files in a sibling temporary directory, then move each one into ``path``.
 
     Only the entries ``write`` produced are replaced (each by one rename); anything else already in ``path``
     (a user's notes, a transcoder set beside a checkpoint) is kept. Config and manifest files move last, so a
     kill mid-way leaves the old complete marker beside at most some new files, never a new marker over old data.
+
+    ``whole=True`` swaps the whole directory in one rename instead: only for directories that are the
+    workbench's alone (a resumable training state), where old and new files must never mix.
     """
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise WorkbenchError(f"{path} exists and is not a directory; give a directory (new or written by the "
                              "workbench) to write into")
+    if whole:
+        return _swap_dir(path, write)
     _make_parent(path)
     path.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
@@ -109,6 +116,36 @@ def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _swap_dir(path: Path, write: Callable[[Path], None]) -> Path:
+    _make_parent(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def file_digest(path: str | Path) -> dict:
+    """A file's size and SHA-256, read in 1 MiB chunks: what manifests record to catch truncation and damage."""
+    path = Path(path)
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 MARKER = ".workbench"

@@ -32,7 +32,7 @@ from workbench.errors import WorkbenchError
 from workbench.figures import scatter_lines
 from workbench.io import write_json, write_parquet
 from workbench.models.tokenizer import tokenize_prompts
-from workbench.saes import LoadedSAE, SAERecipe, load_sae, train_sae
+from workbench.saes import LoadedSAE, SAERecipe, check_fits, load_sae, train_sae
 
 
 def _groups(toks: list[Tensor], batch_size: int) -> list[Tensor]:
@@ -55,6 +55,7 @@ def evaluate_sae(
     """The metrics in the module docstring for ``loaded`` (from :func:`workbench.saes.load_sae`) on ``texts``."""
     if not texts:
         raise WorkbenchError("no prompts to evaluate on")
+    check_fits(loaded, model)  # an SAE loaded without the model (or built in memory) is checked here
     sae, hook_in = loaded.sae, loaded.hook
     hook_target = loaded.hook_out or loaded.hook  # what is reconstructed and replaced
     toks = tokenize_prompts(model, list(texts))

@@ -27,7 +27,7 @@ import math
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -55,7 +55,15 @@ from transformer_lens import HookedTransformer
 from workbench.cache_store import CacheReader
 from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.io import atomic_dir, write_json
-from workbench.models.checkpoint import weights_sha256
+from workbench.models.checkpoint import (
+    DamagedFile,
+    check_tensor_shapes,
+    error_summary,
+    json_kind,
+    read_json_object,
+    safetensors_shapes,
+    weights_sha256,
+)
 from workbench.models.trainer import deterministic_cpu, flat_optimizer_state, load_flat_optimizer_state
 
 log = logging.getLogger(__name__)
@@ -194,7 +202,7 @@ def _save_state(path: Path, trainer: SAETrainer, seconds: float, history: list[d
                 "n_frac_active_samples": trainer.n_frac_active_samples, "seconds": seconds, "history": history,
                 "scaling_factor": trainer.activation_scaler.scaling_factor}
         (tmp / "state.json").write_text(json.dumps(meta))
-    atomic_dir(path, write)
+    atomic_dir(path, write, whole=True)  # the state is ours alone: never mix old and new files
 
 
 def _load_state(path: Path, trainer: SAETrainer) -> tuple[float, list[dict]]:
@@ -350,10 +358,17 @@ class LoadedSAE:
     hook: str
     hook_out: str | None
     info: dict = field(default_factory=dict)
+    source: Path | None = None
+    """The directory it was loaded from (None when built in memory): messages about it name it."""
 
     @property
     def is_transcoder(self) -> bool:
         return self.hook_out is not None
+
+
+SAE_CFG = "cfg.json"
+SAE_WEIGHTS = "sae_weights.safetensors"
+SAE_CFG_WHAT = "an SAELens SAE config (a JSON object with d_in, d_sae and architecture)"
 
 
 def _hook_width(model: HookedTransformer, hook: str) -> int:
@@ -363,37 +378,125 @@ def _hook_width(model: HookedTransformer, hook: str) -> int:
     return cache[hook].shape[-1] if cache[hook].dim() == 3 else int(cache[hook][0, 0].numel())
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def read_sae_cfg(directory: Path) -> dict:
+    """``cfg.json`` checked for what SAELens needs to build the SAE, so a bad value is refused naming the file
+    instead of failing inside SAELens (or, for top-k's ``k``, only at the first forward pass)."""
+    from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    path = directory / SAE_CFG
+    cfg = read_json_object(path, ("d_in", "d_sae"), what=SAE_CFG_WHAT)
+    if not isinstance(cfg.get("metadata", {}), dict):
+        raise DamagedFile(f"{path}: metadata must be a JSON object, got a {json_kind(cfg['metadata'])}")
+    try:  # SAELens's own defaults for configs written by older versions (architecture, renamed keys)
+        cfg = handle_config_defaulting(dict(cfg))
+    except Exception as e:
+        raise DamagedFile(f"{path}: expected {SAE_CFG_WHAT}, but SAELens cannot read it ({error_summary(e)})") from None
+    arch, known = cfg.get("architecture"), ", ".join(sorted(SAE_CLASS_REGISTRY))
+    if arch is None:
+        raise DamagedFile(f"{path}: expected {SAE_CFG_WHAT}, but it lacks architecture (one of {known})")
+    if not isinstance(arch, str) or arch not in SAE_CLASS_REGISTRY:
+        raise DamagedFile(f"{path}: architecture {arch!r} is not one SAELens can load; known: {known}")
+    for key in ("d_in", "d_sae", "d_out"):
+        if key in cfg and not _positive_int(cfg[key]):
+            raise DamagedFile(f"{path}: {key} must be a positive integer, got {cfg[key]!r}")
+    _check_k(path, cfg, SAE_CLASS_REGISTRY[arch][1])
+    return cfg
+
+
+def _check_k(path: Path, cfg: dict, config_cls) -> None:
+    """Top-k SAEs keep the ``k`` largest of ``d_sae`` features: ``1 <= k <= d_sae`` (torch.topk fails otherwise,
+    and k = 0 would silence every feature)."""
+    k_field = {f.name: f for f in fields(config_cls)}.get("k")
+    if k_field is None:
+        return
+    k = cfg.get("k", k_field.default)
+    if not _positive_int(k):
+        raise DamagedFile(f"{path}: k must be a positive integer (features kept per token), got {k!r}")
+    if k > cfg["d_sae"]:
+        raise DamagedFile(f"{path}: k ({k}) exceeds d_sae ({cfg['d_sae']}); a top-k SAE keeps at most d_sae features")
+
+
+def _check_sae_weights(directory: Path, cfg: dict) -> None:
+    """The weights file whole (its header covers it) and its encoder/decoder shaped as ``cfg.json`` says."""
+    path = directory / SAE_WEIGHTS
+    found = safetensors_shapes(path)
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    d_out = cfg.get("d_out", d_in)
+    # Every architecture decodes with W_dec; the rest are checked where present, since some architectures lack
+    # them (gated SAEs have no b_enc, matching-pursuit ones no encoder): SAELens reports those missing.
+    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_enc": (d_sae,), "b_dec": (d_out,)}
+    expected = {name: shape for name, shape in shapes.items() if name == "W_dec" or name in found}
+    check_tensor_shapes(path, found, expected, f"{directory / SAE_CFG} (d_in {d_in}, d_sae {d_sae}, d_out {d_out})",
+                        extra_allowed=True)
+
+
+def _load_sae_files(directory: Path) -> SAE:
+    cfg = read_sae_cfg(directory)
+    _check_sae_weights(directory, cfg)
+    try:
+        sae = SAE.load_from_disk(str(directory), device="cpu")
+    except Exception as e:  # anything SAELens or torch still finds wrong with the pair of files
+        raise DamagedFile(f"{directory / SAE_WEIGHTS} with {SAE_CFG}: SAELens cannot load them "
+                          f"({error_summary(e)})") from None
+    if not all(torch.isfinite(p).all() for p in sae.parameters()):
+        raise DamagedFile(f"{directory / SAE_WEIGHTS}: the weights hold nan or inf")
+    return sae
+
+
+def check_fits(loaded: LoadedSAE, model: HookedTransformer) -> None:
+    """Refuse ``loaded`` unless the hooks it reads (and, for a transcoder, writes) exist in ``model`` with the
+    widths it was built for."""
+    where = loaded.source / SAE_CFG if loaded.source is not None else "the SAE"
+    cfg = loaded.sae.cfg
+    pairs = [(loaded.hook, "reads", "d_in", cfg.d_in)]
+    if loaded.hook_out is not None:
+        pairs.append((loaded.hook_out, "writes", "d_out", getattr(cfg, "d_out", cfg.d_in)))
+    for hook, verb, name, size in pairs:
+        if hook not in model.hook_dict:
+            raise WorkbenchError(f"{where}: the SAE {verb} hook {hook}, which this model does not have")
+        width = _hook_width(model, hook)
+        if width != size:
+            raise WorkbenchError(f"{where}: the SAE has {name} {size} but {hook} in this model has width {width}")
+
+
 def load_sae(directory: str | Path, model: HookedTransformer | None = None, hook: str | None = None,
              allow_other_model: bool = False) -> LoadedSAE:
     """Load an SAELens SAE/transcoder directory; with ``model``, refuse it unless it was trained on this model's
     weights (``allow_other_model`` lifts only that check, for transfer studies), its hook exists in the model and
-    has the SAE's width, and (with ``hook``) it was trained on that hook."""
+    has the SAE's width, and (with ``hook``) it was trained on that hook. Damaged or inconsistent files are a
+    ``DamagedFile`` naming them."""
     directory = Path(directory)
-    if not (directory / "cfg.json").is_file() or not (directory / "sae_weights.safetensors").is_file():
+    if not (directory / SAE_CFG).is_file() or not (directory / SAE_WEIGHTS).is_file():
         raise WorkbenchError(f"{directory} is not an SAE directory (cfg.json + sae_weights.safetensors, SAELens's "
                              "format)")
-    sae = SAE.load_from_disk(str(directory), device="cpu")
+    sae = _load_sae_files(directory)
     sae.eval()
     meta = sae.cfg.metadata
     trained_hook = meta.hook_name
-    info = json.loads((directory / "workbench.json").read_text()) if (directory / "workbench.json").is_file() else {}
+    info_path = directory / "workbench.json"
+    info = read_json_object(info_path, what="the SAE's training record (a JSON object)") if info_path.is_file() else {}
     if hook is not None and trained_hook is not None and hook != trained_hook:
         raise WorkbenchError(f"the SAE in {directory} was trained on hook {trained_hook}, not {hook}")
     hook = hook or trained_hook
     if hook is None:
         raise WorkbenchError(f"the SAE in {directory} does not record its hook; pass --hook")
+    hook_out = getattr(meta, "hook_name_out", None)
+    for name, value in (("hook_name", hook), ("hook_name_out", hook_out)):
+        if value is not None and not isinstance(value, str):
+            raise DamagedFile(f"{directory / SAE_CFG}: metadata.{name} must be a hook name, got {value!r}")
+    loaded = LoadedSAE(sae=sae, hook=hook, hook_out=hook_out, info=info, source=directory)
     if model is not None:
-        if hook not in model.hook_dict:
-            raise WorkbenchError(f"the SAE in {directory} reads hook {hook}, which this model does not have")
-        width = _hook_width(model, hook)
-        if width != sae.cfg.d_in:
-            raise WorkbenchError(f"the SAE in {directory} has d_in {sae.cfg.d_in} but {hook} in this model has "
-                                 f"width {width}")
+        check_fits(loaded, model)
         trained_on, this = meta.weights_sha256, weights_sha256(model)
         if trained_on is not None and trained_on != this and not allow_other_model:
             raise WorkbenchError(f"the SAE in {directory} was trained on model {meta.model_name} (weights "
                                  f"{trained_on[:12]}), not this model (weights {this[:12]})")
-    return LoadedSAE(sae=sae, hook=hook, hook_out=getattr(meta, "hook_name_out", None), info=info)
+    return loaded
 
 
 def load_transcoders(directory: str | Path, model: HookedTransformer) -> dict[int, Transcoder]:
@@ -407,6 +510,7 @@ def load_transcoders(directory: str | Path, model: HookedTransformer) -> dict[in
                                  f"layer (0..{model.cfg.n_layers - 1}): `workbench sae train ... --transcoder`")
         loaded = load_sae(sub, model, hook=transcoder_hooks(layer)[0])
         if not isinstance(loaded.sae, Transcoder):
-            raise WorkbenchError(f"{sub} holds a {loaded.sae.cfg.architecture()} SAE, not a transcoder")
+            raise WorkbenchError(f"{sub / SAE_CFG}: architecture {loaded.sae.cfg.architecture()!r} is an SAE, not a "
+                                 "transcoder (MLP input -> MLP output)")
         out[layer] = loaded.sae
     return out

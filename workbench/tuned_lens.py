@@ -131,15 +131,29 @@ def _check_cache(model: HookedTransformer, ours: str, cache: CacheReader) -> lis
 def _shard_rows(
     cache: CacheReader, hooks: list[str], lo: int, hi: int, g: torch.Generator | None = None
 ) -> Iterator[Float[Tensor, "hook row d_model"]]:
-    """Per shard, ``[hook, row, d_model]``: every cached position of prompts ``lo..hi-1``, all hooks aligned
-    row for row; shards in an order drawn from ``g`` if given. One shard of every hook is in memory at a time."""
+    """Per shard, ``[hook, row, d_model]``: every real cached position of prompts ``lo..hi-1``, all hooks aligned
+    row for row; shards in an order drawn from ``g`` if given. One shard of every hook is in memory at a time.
+
+    An all-positions cache (``positions=None``) right-pads shorter prompts with zero rows up to the longest one;
+    those rows are no positions of any prompt (on a zero stream the logit lens and the final layer agree, KL 0,
+    so they would pull the logit lens's KL towards 0 and train the translators on nothing) and are dropped here
+    by the shard's ``lengths``: neither the loss nor the reported KL ever sees them. Caches of positions counted
+    from the end hold real positions only.
+    """
+    all_positions = cache.manifest["positions"] is None
     order = torch.randperm(len(cache.shards), generator=g).tolist() if g is not None else range(len(cache.shards))
     for k in order:
         s = cache.shards[k]
         a, b = max(lo - s["start"], 0), min(hi - s["start"], s["count"])
         if a < b:
             with safe_open(str(cache.dir / s["file"]), "pt") as f:
-                yield torch.stack([f.get_slice(h)[a:b].flatten(0, 1) for h in hooks])
+                acts = torch.stack([f.get_slice(h)[a:b] for h in hooks])  # [hook, prompt, pos, d_model]
+                if not all_positions:
+                    yield acts.flatten(1, 2)
+                    continue
+                lengths = f.get_slice("lengths")[a:b]
+            real = torch.arange(acts.shape[2])[None, :] < lengths[:, None]  # [prompt, pos]
+            yield acts[:, real]
 
 
 def train_tuned_lens(

@@ -146,3 +146,63 @@ def test_cache_must_fit_the_model(model, cache, tmp_path):
         train_tuned_lens(model, CacheReader(partial), **TRAIN)
     with pytest.raises(WorkbenchError, match="other weights"):
         train_tuned_lens(tiny_model(seed=3, arch=ARCH), cache, **TRAIN)
+
+
+# Prompts of very different lengths (6 and 44 tokens with BOS), alternating so that every shard and the held-out
+# split hold both: in an all-positions cache the short ones are mostly zero padding.
+MIXED = [f"{10 + i}+9=" if i % 2 else f"{100 + i}+{200 + i}= 3+6+0=09 2+5+0=07 1+4+0=05 ans {300 + 2 * i}"
+         for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def mixed_cache(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mixed_cache")
+    return CacheReader(write_cache(model, "tiny", MIXED, lens_hooks(model), out, positions=None, shard_size=16,
+                                   progress=False))
+
+
+def real_rows_kl(model, lens, prompts):
+    """KL per layer averaged over every real position of ``prompts``, each prompt run alone (no padding)."""
+    kls = [(lens_kl(model, lens, model.to_tokens(p)), model.to_tokens(p).shape[1]) for p in prompts]
+    return sum(kl * n for kl, n in kls) / sum(n for _, n in kls)
+
+
+def test_padding_of_mixed_lengths_enters_neither_loss_nor_report(model, mixed_cache, monkeypatch):
+    import workbench.tuned_lens as tl
+
+    lengths = [model.to_tokens(p).shape[1] for p in MIXED]
+    assert min(lengths) == 6 and max(lengths) == 44
+    seen: list[torch.Tensor] = []
+    real_layer_kl = tl._layer_kl
+
+    def spy(model, lens, rows):
+        seen.append(rows.detach())
+        return real_layer_kl(model, lens, rows)
+
+    monkeypatch.setattr(tl, "_layer_kl", spy)
+    lens, report = train_tuned_lens(model, mixed_cache, seed=0, **TRAIN)
+    rows = torch.cat(seen, dim=1)
+    # A real residual stream is never all zeros; the cache's padding rows are.
+    assert not (rows == 0).all(-1).any()
+    # The report is the mean over the held-out prompts' real positions only (the last 4 of 40).
+    held_out = MIXED[-4:]
+    expected_logit, expected_tuned = real_rows_kl(model, None, held_out), real_rows_kl(model, lens, held_out)
+    assert torch.allclose(torch.tensor([r["kl_logit_lens"] for r in report]), expected_logit, atol=1e-5)
+    assert torch.allclose(torch.tensor([r["kl_tuned_lens"] for r in report]), expected_tuned, atol=1e-5)
+    # Counting the zero padding (2 of the 4 held-out prompts are 38 rows of it, each of KL 0 for the logit lens)
+    # would have diluted the logit lens's KL to about half.
+    n_real = sum(model.to_tokens(p).shape[1] for p in held_out)
+    diluted = expected_logit * n_real / (len(held_out) * max(lengths))
+    assert (expected_logit > 1.5 * diluted).all()
+
+
+def test_training_rows_are_the_real_positions(model, mixed_cache):
+    from workbench.tuned_lens import _shard_rows
+
+    hooks = lens_hooks(model)
+    rows = torch.cat(list(_shard_rows(mixed_cache, hooks, 0, len(MIXED))), dim=1)
+    _, c = model.run_with_cache(model.to_tokens(MIXED[3]), names_filter=hooks)
+    assert rows.shape[1] == sum(model.to_tokens(p).shape[1] for p in MIXED)
+    start = sum(model.to_tokens(p).shape[1] for p in MIXED[:3])
+    expected = torch.stack([c[h][0] for h in hooks])
+    assert torch.allclose(rows[:, start : start + expected.shape[1]], expected, atol=1e-5)

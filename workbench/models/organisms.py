@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-from workbench.models.checkpoint import save_checkpoint, weights_sha256
+from workbench.models.checkpoint import DamagedFile, read_json_object, save_checkpoint, weights_sha256
 from workbench.models.organism_eval import evaluate
 from workbench.models.trainer import train
 from workbench.models.zoo import RECIPES, get_recipe, organism_dir
@@ -67,7 +66,20 @@ def load_card(name_or_dir: str | Path) -> dict:
     card = path / "card.json"
     if not card.is_file():
         raise WorkbenchError(f"no card.json in {path}")
-    return json.loads(card.read_text())
+    obj = read_json_object(card, ("name", "evaluation"), what="an organism card (a JSON object with name and "
+                                                             "evaluation.checks)")
+    _check_card(card, obj)
+    return obj
+
+
+def _check_card(path: Path, card: dict) -> None:
+    """The parts of a card that listings read: a name and a list of checks, each with its metric and value."""
+    if not isinstance(card["name"], str):
+        raise DamagedFile(f"{path}: name must be a string, got {card['name']!r}")
+    checks = card["evaluation"].get("checks") if isinstance(card["evaluation"], dict) else None
+    if not isinstance(checks, list) or not all(isinstance(c, dict) and {"metric", "value"} <= c.keys()
+                                               for c in checks):
+        raise DamagedFile(f"{path}: evaluation.checks must be a list of objects with metric and value")
 
 
 def list_organisms() -> list[dict]:

@@ -61,8 +61,40 @@ def build_char_tokenizer(charset: str = CHARSET, model_max_length: int = 128) ->
         return load_tokenizer(tmp)
 
 
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+"""The JSON files a Hugging Face fast tokenizer is saved as (those present in a directory are all read)."""
+
+
+def check_tokenizer_files(directory: Path, extra: tuple[str, ...] = ()) -> list[Path]:
+    """The tokenizer JSON files in ``directory`` (and ``extra`` ones), each checked to be a readable JSON object
+    first: the tokenizer libraries report a garbled file as a decoding error that names no file."""
+    from workbench.models.checkpoint import read_json_object  # here: checkpoint imports this module
+
+    present = [directory / name for name in (*TOKENIZER_JSON_FILES, *extra) if (directory / name).is_file()]
+    for path in present:
+        read_json_object(path, what="a Hugging Face tokenizer file (a JSON object)")
+    return present
+
+
 def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast.from_pretrained(str(directory))
+    """The fast tokenizer saved in ``directory``; damaged files are a ``DamagedFile`` naming them."""
+    directory = Path(directory)
+    present = check_tokenizer_files(directory)
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(directory))
+    except Exception as e:  # tokenizers' own parse errors, a missing vocabulary, ...: the files are unusable
+        raise tokenizer_load_error(directory, present, e) from None
+
+
+def tokenizer_load_error(directory: Path, present: list[Path], e: Exception) -> WorkbenchError:
+    """The error for tokenizer files that are valid JSON but not a tokenizer: it names the first of them
+    (``tokenizer.json``, which holds the vocabulary, when there is one) and the others read with it."""
+    from workbench.models.checkpoint import DamagedFile, error_summary
+
+    main, *rest = present or [directory / "tokenizer.json"]
+    beside = f" (read with {', '.join(p.name for p in rest)})" if rest else ""
+    return DamagedFile(f"{main}{beside}: expected a Hugging Face tokenizer, but it cannot be loaded "
+                       f"({error_summary(e)})")
 
 
 def vocabulary_chars(tokenizer: PreTrainedTokenizerBase) -> set[str]:

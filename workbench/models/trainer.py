@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Int
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
-from workbench.errors import WorkbenchError
-from workbench.io import atomic_dir
+from workbench.errors import NonFiniteLoss, WorkbenchError
+from workbench.io import atomic_dir, file_digest
 from workbench.models.tokenizer import build_char_tokenizer
 from workbench.models.zoo import ArchConfig, Recipe, TrainConfig, build_samples
 from workbench.tasks.formats import Sample
@@ -140,24 +142,178 @@ def load_flat_optimizer_state(opt: torch.optim.Optimizer, flat: dict[str, torch.
     opt.load_state_dict({"state": state, "param_groups": param_groups})
 
 
+STATE_FILES = ("model.safetensors", "optimizer.safetensors")
+"""The tensor files of a resumable state; ``state.json`` records each one's size and SHA-256."""
+
+
+def nonfinite_tensors(model: nn.Module, opt: torch.optim.Optimizer | None = None) -> list[str]:
+    """Names of the parameters (and, with ``opt``, optimizer state tensors such as ``W_Q.exp_avg``) that hold a
+    nan or an inf. One flag per tensor, gathered per device, so a GPU model syncs once per device."""
+    named = [(n.removeprefix("module."), p) for n, p in model.named_parameters()]
+    names, tensors = [n for n, _ in named], [p.detach() for _, p in named]
+    if opt is not None:
+        by_id = {id(p): n for n, p in named}
+        for group in opt.param_groups:
+            for p in group["params"]:
+                for key, value in opt.state.get(p, {}).items():
+                    if torch.is_tensor(value) and value.is_floating_point():
+                        names.append(f"{by_id.get(id(p), '?')}.{key}")
+                        tensors.append(value)
+    flags: dict[torch.device, list[tuple[int, Tensor]]] = {}
+    for i, t in enumerate(tensors):
+        flags.setdefault(t.device, []).append((i, torch.isfinite(t).all()))
+    bad = []
+    for items in flags.values():
+        ok = torch.stack([f for _, f in items]).tolist()
+        bad += [i for (i, _), good in zip(items, ok) if not good]
+    return [names[i] for i in sorted(bad)]
+
+
+def last_good_checkpoint(state_dir: Path | None) -> str:
+    """How an error names the checkpoint a resumed run would start from (``state_dir/state.json``)."""
+    meta = state_dir / "state.json" if state_dir is not None else None
+    if meta is None or not meta.exists():
+        return "no checkpoint had been written yet"
+    try:
+        step = json.loads(meta.read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"the checkpoint in {state_dir} is unreadable"
+    return f"the last good checkpoint (step {step}) is kept in {state_dir}"
+
+
+def checked_step(opt: torch.optim.Optimizer, model: nn.Module, step: int, state_dir: Path | None, method: str) -> None:
+    """``opt.step()``, then refuse weights that are no longer finite (a learning rate too large for the weights'
+    dtype, an inf gradient), before anything saves them. The loss check cannot see these: the loss that produced
+    the step was finite."""
+    lr = opt.param_groups[0]["lr"]
+    try:
+        opt.step()
+    except RuntimeError as e:  # torch refuses a step size the weights' dtype cannot hold (lr * 1/(1 - beta1))
+        if "overflow" not in str(e):
+            raise
+        raise NonFiniteLoss(f"the {method} optimizer step overflowed at step {step} (learning rate {lr:g}: {e}); "
+                            f"nothing of it was saved and {last_good_checkpoint(state_dir)}. Lower the learning "
+                            "rate.") from None
+    bad = nonfinite_tensors(model)
+    if bad:
+        n = sum(1 for _ in model.parameters())
+        raise NonFiniteLoss(f"the {method} weights became nan/inf in the optimizer step at step {step} ({len(bad)} "
+                            f"of {n} parameter tensors, e.g. {bad[0]}; learning rate {lr:g}); nothing of it was "
+                            f"saved and {last_good_checkpoint(state_dir)}. Lower the learning rate or check the "
+                            "data; resuming continues from the last good checkpoint.")
+
+
+def check_config(cfg, method: str, positive: Iterable[str] = (), non_negative: Iterable[str] = (),
+                 counts: Iterable[str] = (), non_negative_counts: Iterable[str] = ()) -> None:
+    """Refuse a config before training: ``positive`` fields must be finite numbers > 0, ``non_negative`` finite
+    numbers >= 0, ``counts`` integers >= 1 and ``non_negative_counts`` integers >= 0."""
+    problems = []
+    for name in positive:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+            problems.append(f"{name} must be a finite number > 0, got {v!r}")
+    for name in non_negative:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+            problems.append(f"{name} must be a finite number >= 0, got {v!r}")
+    for name, low in [(n, 1) for n in counts] + [(n, 0) for n in non_negative_counts]:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+            problems.append(f"{name} must be an integer >= {low}, got {v!r}")
+    if problems:
+        raise WorkbenchError(f"bad {method} config: " + "; ".join(problems))
+
+
 def save_train_state(
     path: Path, model: HookedTransformer, opt: torch.optim.Optimizer, step: int, history: list, seconds: float
 ) -> None:
+    """Weights, optimizer state and ``state.json`` (step, history, the files' sizes and SHA-256) into ``path``.
+    Refuses nan/inf weights or optimizer state: a checkpoint is always one a run can continue from."""
+    bad = nonfinite_tensors(model, opt)
+    if bad:
+        raise NonFiniteLoss(f"refusing to checkpoint step {step}: nan/inf in {', '.join(bad[:3])}"
+                            f"{' and more' if len(bad) > 3 else ''}; {last_good_checkpoint(path)}. Lower the "
+                            "learning rate or check the data.")
+
     def write(tmp: Path) -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         flat, param_groups = flat_optimizer_state(opt)
         save_file(flat, str(tmp / "optimizer.safetensors"))
-        meta = {"step": step, "seconds": seconds, "param_groups": param_groups, "history": history}
+        meta = {"step": step, "seconds": seconds, "param_groups": param_groups, "history": history,
+                "files": {name: file_digest(tmp / name) for name in STATE_FILES}}
         (tmp / "state.json").write_text(json.dumps(meta))
 
-    atomic_dir(path, write)
+    atomic_dir(path, write, whole=True)  # the state is ours alone: never mix old and new files
 
 
-def load_train_state(path: Path, model: HookedTransformer, opt: torch.optim.Optimizer) -> tuple[int, list, float]:
-    meta = json.loads((path / "state.json").read_text())
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-    load_flat_optimizer_state(opt, load_file(str(path / "optimizer.safetensors")), meta["param_groups"])
-    return meta["step"], meta["history"], meta["seconds"]
+def load_train_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, max_step: int | None = None
+                     ) -> tuple[int, list, float]:
+    """Restore what :func:`save_train_state` wrote; returns its step, history and seconds. A damaged state (bad
+    JSON, a file whose size or SHA-256 differs from what ``state.json`` records, tensors that do not fit, nan/inf,
+    a step past ``max_step``) is a :class:`WorkbenchError` naming the file (the caller's model and optimizer may
+    then be partly overwritten: start them afresh)."""
+    restart = f"delete {path} (or the whole work directory) or pass --no-resume to start from step 0"
+    meta_path = path / "state.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise WorkbenchError(f"the resumable state {meta_path} is unreadable ({e}); {restart}") from None
+    expected = {"step": numbers.Integral, "seconds": numbers.Real, "param_groups": list, "history": list}
+    if not isinstance(meta, dict) or any(not isinstance(meta.get(k), t) or isinstance(meta.get(k), bool)
+                                         for k, t in expected.items()) or meta["step"] < 0 \
+            or (max_step is not None and meta["step"] > max_step) \
+            or not all(isinstance(g, dict) and isinstance(g.get("lr"), numbers.Real) and math.isfinite(g["lr"])
+                       and g["lr"] > 0 for g in meta["param_groups"]):
+        steps = "an integer >= 0" if max_step is None else f"an integer from 0 to {max_step}"
+        raise WorkbenchError(f"the resumable state {meta_path} is damaged: expected a JSON object with a step "
+                             f"({steps}), seconds, param_groups (each with a finite lr > 0) and history; "
+                             f"{restart}")
+    files = meta.get("files", None)  # absent in states written before digests were recorded
+    if files is not None and not (isinstance(files, dict) and all(
+            isinstance(files.get(n), dict) and isinstance(files[n].get("bytes"), int)
+            and isinstance(files[n].get("sha256"), str) for n in STATE_FILES)):
+        raise WorkbenchError(f"the resumable state {meta_path} is damaged: its files entry must record the bytes "
+                             f"and sha256 of {', '.join(STATE_FILES)}; {restart}")
+    for name in STATE_FILES:
+        file = path / name
+        if not file.is_file():
+            raise WorkbenchError(f"the resumable state {file} is missing; {restart}")
+        if files is None:
+            continue
+        size = file.stat().st_size
+        if size != files[name]["bytes"]:
+            raise WorkbenchError(f"the resumable state {file} is damaged: {size} bytes, {meta_path.name} records "
+                                 f"{files[name]['bytes']} (truncated or overwritten); {restart}")
+        if file_digest(file)["sha256"] != files[name]["sha256"]:
+            raise WorkbenchError(f"the resumable state {file} is damaged: its SHA-256 differs from the one "
+                                 f"{meta_path.name} records; {restart}")
+    tensors = {}
+    for name in STATE_FILES:
+        try:
+            tensors[name] = load_file(str(path / name))
+        except (OSError, SafetensorError, ValueError, RuntimeError) as e:
+            raise WorkbenchError(f"the resumable state {path / name} is not a readable safetensors file ({e}); "
+                                 f"{restart}") from None
+    try:
+        model.load_state_dict(tensors["model.safetensors"], strict=True)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise WorkbenchError(f"the resumable state {path / 'model.safetensors'} does not fit this model "
+                             f"({str(e).splitlines()[0]}); {restart}") from None
+    try:
+        load_flat_optimizer_state(opt, tensors["optimizer.safetensors"], meta["param_groups"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise WorkbenchError(f"the resumable state {path / 'optimizer.safetensors'} does not fit this optimizer "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); {restart}") from None
+    shapes = [f"{n}.{k}" for n, p in model.named_parameters() for k, v in opt.state.get(p, {}).items()
+              if torch.is_tensor(v) and v.dim() > 0 and v.shape != p.shape]
+    if shapes:
+        raise WorkbenchError(f"the resumable state {path / 'optimizer.safetensors'} does not fit this model "
+                             f"(wrong shapes: {', '.join(shapes[:3])}); {restart}")
+    bad = nonfinite_tensors(model, opt)
+    if bad:
+        raise WorkbenchError(f"the resumable state in {path} holds nan/inf ({', '.join(bad[:3])}); it cannot be "
+                             f"continued: {restart}")
+    return int(meta["step"]), meta["history"], float(meta["seconds"])
 
 
 def train(
@@ -177,11 +333,22 @@ def train(
     stops training there (early stopping, time-to-target benchmarks).
     """
     cfg, state_dir = recipe.train, Path(state_dir)
+    check_config(cfg, f"{recipe.name} training", positive=("lr",), non_negative=("weight_decay", "min_lr_frac"),
+                 counts=("batch_tokens", "pool_size", "num_threads", "checkpoint_every"),
+                 non_negative_counts=("steps", "warmup"))  # 0 steps: the initialised model (a baseline)
+    if state_dir.exists() and not state_dir.is_dir():
+        raise WorkbenchError(f"the work directory {state_dir} is a file; give a directory for the training state")
     recipe_json = json.loads(json.dumps(recipe.to_json()))  # as it reads back (tuples become lists)
     marker = state_dir / "recipe.json"
-    if resume and marker.exists() and json.loads(marker.read_text()) != recipe_json:
-        raise WorkbenchError(f"{state_dir} holds the training state of a different recipe; delete it or pass "
-                             "another --work-dir")
+    if resume and marker.exists():
+        try:
+            old_recipe = json.loads(marker.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise WorkbenchError(f"{marker} is unreadable ({e}); delete {state_dir} or pass --no-resume to start "
+                                 "from step 0") from None
+        if old_recipe != recipe_json:
+            raise WorkbenchError(f"{state_dir} holds the training state of a different recipe; delete it or pass "
+                                 "another --work-dir")
     t0 = time.perf_counter()
     with deterministic_cpu(cfg.num_threads):
         tokenizer = build_char_tokenizer(model_max_length=recipe.arch.n_ctx)
@@ -193,7 +360,11 @@ def train(
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
         step, history, seconds_before = 0, [], 0.0
         if resume and (state_dir / "state" / "state.json").exists():
-            step, history, seconds_before = load_train_state(state_dir / "state", model, opt)
+            step, history, seconds_before = load_train_state(state_dir / "state", model, opt, max_step=cfg.steps)
+            if not all(isinstance(h, dict) and isinstance(h.get("step"), int) for h in history):
+                raise WorkbenchError(f"the resumable state {state_dir / 'state' / 'state.json'} is damaged: its "
+                                     f"history must be a list of per-step metrics; delete {state_dir} or pass "
+                                     "--no-resume to start from step 0")
             log.info("resuming %s from step %d", recipe.name, step)
         elif (state_dir / "state").exists():
             shutil.rmtree(state_dir / "state")  # starting afresh: never let a later resume pick up stale state
@@ -217,10 +388,14 @@ def train(
                 group["lr"] = lr_at(step, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
                 loss, metrics = completion_loss(model, data.tokens[idx, :width], data.loss_mask[idx, :width])
+            if not math.isfinite(metrics["loss"]):
+                raise NonFiniteLoss(f"the {recipe.name} training loss became {metrics['loss']} at step {step}; "
+                                    f"{last_good_checkpoint(state_dir / 'state')}. Lower the learning rate; "
+                                    "resuming continues from that checkpoint.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            checked_step(opt, model, step, state_dir / "state", f"{recipe.name} training")
             step += 1
             if step % 10 == 0 or step == cfg.steps:
                 history.append({"step": step, **{k: round(v, 5) for k, v in metrics.items()}})
