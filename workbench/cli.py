@@ -76,6 +76,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from workbench.models.export import export_hf
+    from workbench.models.loader import load_model
+
+    out = export_hf(load_model(args.model), args.out, check=not args.no_check)
+    print(json.dumps({"out": str(out), "load_with": f"AutoModelForCausalLM.from_pretrained({str(out)!r})"}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from probes.faithfulness.demo import run_demo
 
@@ -375,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=_positive_int, default=64, help="tokens to generate at most")
     g.add_argument("--seed", type=_seed, default=0, help="sampling seed (temperature > 0)")
     g.set_defaults(fn=cmd_generate)
+
+    ex = sub.add_parser("export", help="write a model as a Hugging Face transformers directory (GPT-2 or Llama "
+                                       "layout), checked by reloading it and comparing logits")
+    ex.add_argument("model", help="organism name, checkpoint dir (e.g. a tuned model) or local HF dir")
+    ex.add_argument("--out", type=_path, required=True, help="output directory (config.json with model_type, "
+                                                             "model.safetensors, tokenizer)")
+    ex.add_argument("--no-check", action="store_true", help="skip reloading with transformers to compare logits")
+    ex.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="the stated-vs-internal mismatch report on every shipped organism")
     d.add_argument("--prompt", action="append", help="a+b= prompt (repeatable; default: a few built-in ones)")

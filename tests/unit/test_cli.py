@@ -152,3 +152,9 @@ def test_train_runs_a_method_on_users_jsonl_and_refuses_bad_rows(tmp_path, capsy
     assert "line 17: empty 'chosen'" in capsys.readouterr().err
     assert main(["train", "ppo", "--model", "adder-direct", "--data", str(data), "--out", str(tmp_path / "p")]) == 2
     assert "--reward-model" in capsys.readouterr().err
+
+
+def test_export_writes_a_transformers_directory(tmp_path, capsys):
+    assert main(["export", "adder-direct", "--out", str(tmp_path / "hf")]) == 0
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["model_type"] == "gpt2" and (tmp_path / "hf" / "tokenizer.json").is_file()
