@@ -48,3 +48,26 @@ def tiny_hf_dir(path: Path, seed: int = 0):
     hf.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return hf
+
+
+# ---- damaging files, for the tests that check each damage is refused by name ---------------------------------------
+
+def truncate(path: Path) -> None:
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+
+
+def edit_json(path: Path, edit) -> None:
+    import json
+
+    obj = json.loads(Path(path).read_text())
+    edit(obj)
+    Path(path).write_text(json.dumps(obj))
+
+
+def edit_tensors(path: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    edit(state)
+    save_file(state, str(path), metadata={"format": "pt"})

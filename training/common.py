@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from workbench.errors import NonFiniteLoss, WorkbenchError
+from workbench.resume import check_same_run
 from workbench.io import write_json
 from workbench.models.tokenizer import is_char_tokenizer, vocabulary_chars
 from workbench.models.trainer import check_config, deterministic_cpu, last_good_checkpoint
@@ -232,18 +233,11 @@ def start_run(out_dir: Path, run: dict, resume: bool, writer: bool = True) -> bo
     if out_dir.exists() and not out_dir.is_dir():
         raise WorkbenchError(f"{out_dir} is a file; a training run's output is a directory")
     if resume and (state / "state.json").exists():
-        try:
-            old = json.loads(marker.read_text()) if marker.exists() else {}
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise WorkbenchError(f"{marker} is unreadable ({e}); delete {out_dir} or pass --no-resume to start "
-                                 "from step 0") from None
-        if not isinstance(old, dict):
-            raise WorkbenchError(f"{marker} is damaged (a JSON {type(old).__name__}, not an object); delete "
-                                 f"{out_dir} or pass --no-resume to start from step 0")
-        if old != run:
-            diff = sorted(k for k in run.keys() | old.keys() if old.get(k) != run.get(k))
-            raise WorkbenchError(f"{out_dir} holds the state of a different run (differs in {diff}); delete it, "
-                                 "pass another output directory or resume=False")
+        if marker.exists():
+            check_same_run(marker, run, out_dir, "pass --no-resume to start from step 0")
+        elif run:
+            raise WorkbenchError(f"{out_dir} holds a training state without its run.json; delete it or pass "
+                                 "--no-resume to start from step 0")
         return True
     if writer:
         shutil.rmtree(state, ignore_errors=True)  # starting afresh: a later resume must never pick up stale state

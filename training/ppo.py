@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from training.common import Batch, Distributed, MetricLog, check_finite, check_training_config, distributed
+from workbench.resume import check_same_run
 from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.models.checkpoint import save_checkpoint
 from workbench.models.tokenizer import tokenize_prompts
@@ -358,14 +359,7 @@ def train_ppo(
     if out_dir.exists() and not out_dir.is_dir():
         raise WorkbenchError(f"{out_dir} is a file; a PPO run's output is a directory")
     if resume and marker.exists():
-        try:
-            old_cfg = json.loads(marker.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise WorkbenchError(f"{marker} is unreadable ({e}); delete {out_dir} or pass --no-resume to start from "
-                                 "iteration 0") from None
-        if old_cfg != cfg_json:
-            raise WorkbenchError(f"{out_dir} holds a PPO run with another config; delete it or pass another "
-                                 "directory")
+        check_same_run(marker, cfg_json, out_dir, "pass --no-resume to start from iteration 0")
     on_cpu, ddp = torch.device(policy.cfg.device).type == "cpu", distributed()
     if cfg.batch_size % ddp.world_size or cfg.minibatch_size % ddp.world_size:
         raise WorkbenchError(f"batch_size {cfg.batch_size} and minibatch_size {cfg.minibatch_size} must split over "

@@ -125,3 +125,22 @@ class Units:
             return saved
         value = compute()
         return self.work.save(unit, value) if self.work else jsonable(value)
+
+
+def check_same_run(marker: Path, config: dict, where: Path, restart: str) -> None:
+    """Refuse to resume from ``where`` when the configuration saved in ``marker`` is not ``config``.
+
+    A marker that is unreadable or not a JSON object is named as damaged; a different configuration is refused
+    with the keys that differ. ``restart`` says how to start over instead (e.g. "pass --no-resume").
+    """
+    try:
+        old = json.loads(marker.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise WorkbenchError(f"{marker} is unreadable ({e}); delete {where} or {restart}") from None
+    if not isinstance(old, dict):
+        raise WorkbenchError(f"{marker} is damaged (a JSON {type(old).__name__}, not an object); delete {where} "
+                             f"or {restart}")
+    if old != config:
+        diff = sorted(k for k in config.keys() | old.keys() if old.get(k) != config.get(k))
+        raise WorkbenchError(f"{where} holds the state of a different run (differs in {diff}); delete it, pass "
+                             f"another directory, or {restart}")

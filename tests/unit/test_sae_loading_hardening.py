@@ -16,6 +16,7 @@ from sae_lens.saes.sae import SAEMetadata
 from tests.helpers import tiny_model
 from tests.unit.test_saes import HOOK, _identity_sae
 from workbench.circuits import transcoder_set
+from tests.helpers import edit_json, edit_tensors, truncate
 from workbench.errors import WorkbenchError
 from workbench.models.loader import load_model
 from workbench.models.zoo import organism_dir
@@ -37,29 +38,15 @@ def _refused(load, path, name: str) -> str:
     return msg
 
 
-def _edit_json(path, edit):
-    obj = json.loads(path.read_text())
-    edit(obj)
-    path.write_text(json.dumps(obj))
 
-
-def _edit_tensors(path, edit):
-    state = load_file(str(path))
-    edit(state)
-    save_file(state, str(path))
-
-
-def _truncate(path):
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 def _cfg(edit):
-    return lambda d: _edit_json(d / "cfg.json", edit)
+    return lambda d: edit_json(d / "cfg.json", edit)
 
 
 def _weights(edit):
-    return lambda d: _edit_tensors(d / "sae_weights.safetensors", edit)
+    return lambda d: edit_tensors(d / "sae_weights.safetensors", edit)
 
 
 def _topk_sae(path, d_in: int = 32, d_sae: int = 64, k: int = 4):
@@ -70,7 +57,7 @@ def _topk_sae(path, d_in: int = 32, d_sae: int = 64, k: int = 4):
 
 W, C = "sae_weights.safetensors", "cfg.json"
 SAE_DAMAGE = {
-    "truncated weights": (W, lambda d: _truncate(d / W), "truncated"),
+    "truncated weights": (W, lambda d: truncate(d / W), "truncated"),
     "empty weights": (W, lambda d: (d / W).write_bytes(b""), "truncated"),
     "cfg not JSON": (C, lambda d: (d / C).write_text("garbage"), "not valid JSON"),
     "cfg a list": (C, lambda d: (d / C).write_text("[]"), "JSON list"),
@@ -106,7 +93,7 @@ def test_damaged_sae_is_refused_naming_the_file(model, tmp_path, case):
                                      (None, "k (100) exceeds d_sae (64)")])  # None: SAELens's default k, 100
 def test_topk_k_outside_1_to_d_sae_is_refused(model, tmp_path, k, says):
     out = _topk_sae(tmp_path / "sae")
-    _edit_json(out / C, lambda c: c.pop("k") if k is None else c.update(k=k))
+    edit_json(out / C, lambda c: c.pop("k") if k is None else c.update(k=k))
     assert says in _refused(lambda: load_sae(out), out, C)
 
 
@@ -139,12 +126,12 @@ def _tc_copy(tmp_path):
 
 
 def _narrow_decoder(d):
-    _edit_json(d / C, lambda c: c.update(d_out=64))
-    _edit_tensors(d / W, lambda s: s.update(W_dec=s["W_dec"][:, :64].contiguous(), b_dec=s["b_dec"][:64].contiguous()))
+    edit_json(d / C, lambda c: c.update(d_out=64))
+    edit_tensors(d / W, lambda s: s.update(W_dec=s["W_dec"][:, :64].contiguous(), b_dec=s["b_dec"][:64].contiguous()))
 
 
 TC_DAMAGE = {
-    "truncated weights": (W, lambda d: _truncate(d / W), "truncated"),
+    "truncated weights": (W, lambda d: truncate(d / W), "truncated"),
     "cfg not JSON": (C, lambda d: (d / C).write_text("nope"), "not valid JSON"),
     "cfg lacks d_sae": (C, _cfg(lambda c: c.pop("d_sae")), "lacks d_sae"),
     "d_sae contradicts weights": (W, _cfg(lambda c: c.update(d_sae=256)), "wrong shapes"),

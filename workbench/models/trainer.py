@@ -37,6 +37,7 @@ from transformers import PreTrainedTokenizerBase
 
 from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.io import atomic_dir, file_digest
+from workbench.resume import check_same_run
 from workbench.models.tokenizer import build_char_tokenizer
 from workbench.models.zoo import ArchConfig, Recipe, TrainConfig, build_samples
 from workbench.tasks.formats import Sample
@@ -341,14 +342,7 @@ def train(
     recipe_json = json.loads(json.dumps(recipe.to_json()))  # as it reads back (tuples become lists)
     marker = state_dir / "recipe.json"
     if resume and marker.exists():
-        try:
-            old_recipe = json.loads(marker.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise WorkbenchError(f"{marker} is unreadable ({e}); delete {state_dir} or pass --no-resume to start "
-                                 "from step 0") from None
-        if old_recipe != recipe_json:
-            raise WorkbenchError(f"{state_dir} holds the training state of a different recipe; delete it or pass "
-                                 "another --work-dir")
+        check_same_run(marker, recipe_json, state_dir, "pass --no-resume (or another --work-dir) to start from step 0")
     t0 = time.perf_counter()
     with deterministic_cpu(cfg.num_threads):
         tokenizer = build_char_tokenizer(model_max_length=recipe.arch.n_ctx)

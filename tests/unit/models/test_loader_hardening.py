@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.helpers import edit_json, edit_tensors, truncate
 from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import load_checkpoint
 from workbench.models.loader import load_model
@@ -29,21 +30,7 @@ def _refused(load, path, names: str) -> str:
     return msg
 
 
-def _truncate(path):
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
-
-def _edit_json(path, edit):
-    obj = json.loads(path.read_text())
-    edit(obj)
-    path.write_text(json.dumps(obj))
-
-
-def _edit_tensors(path, edit):
-    state = load_file(str(path))
-    edit(state)
-    save_file(state, str(path), metadata={"format": "pt"})
 
 
 # ---- our checkpoint format ---------------------------------------------------------------------------------------
@@ -57,27 +44,27 @@ def ckpt(tmp_path):
 
 
 def _htc(edit):
-    return lambda d: _edit_json(d / "config.json", lambda c: edit(c["hooked_transformer_config"]))
+    return lambda d: edit_json(d / "config.json", lambda c: edit(c["hooked_transformer_config"]))
 
 
 CHECKPOINT_DAMAGE = {
-    "truncated weights": ("model.safetensors", lambda d: _truncate(d / "model.safetensors"), "truncated"),
+    "truncated weights": ("model.safetensors", lambda d: truncate(d / "model.safetensors"), "truncated"),
     "empty weights": ("model.safetensors", lambda d: (d / "model.safetensors").write_bytes(b""), "truncated"),
     "config a list": ("config.json", lambda d: (d / "config.json").write_text("[1, 2]"), "JSON list"),
     "config a number": ("config.json", lambda d: (d / "config.json").write_text("5"), "JSON number"),
     "config not JSON": ("config.json", lambda d: (d / "config.json").write_text("{format"), "not valid JSON"),
     "config empty": ("config.json", lambda d: (d / "config.json").write_text(""), "empty"),
     "config not UTF-8": ("config.json", lambda d: (d / "config.json").write_bytes(b"\xff\xfe{}"), "not UTF-8"),
-    "no model config": ("config.json", lambda d: _edit_json(d / "config.json", lambda c: c.pop(
+    "no model config": ("config.json", lambda d: edit_json(d / "config.json", lambda c: c.pop(
         "hooked_transformer_config")), "no hooked_transformer_config"),
-    "model config a list": ("config.json", lambda d: _edit_json(d / "config.json", lambda c: c.update(
+    "model config a list": ("config.json", lambda d: edit_json(d / "config.json", lambda c: c.update(
         hooked_transformer_config=[1])), "must be a JSON object"),
     "lacks d_model": ("config.json", _htc(lambda h: h.pop("d_model")), "lacks d_model"),
     "unknown field": ("config.json", _htc(lambda h: h.update(bogus=1)), "not a valid TransformerLens config"),
     "bad dtype": ("config.json", _htc(lambda h: h.update(dtype="float99")), "float99"),
     "bad act_fn": ("config.json", _htc(lambda h: h.update(act_fn="nope")), "not a valid TransformerLens config"),
     "n_heads a string": ("config.json", _htc(lambda h: h.update(n_heads="four")), "TransformerLens"),
-    "newer format": ("config.json", lambda d: _edit_json(d / "config.json", lambda c: c.update(format_version=9)),
+    "newer format": ("config.json", lambda d: edit_json(d / "config.json", lambda c: c.update(format_version=9)),
                      "newer workbench"),
     "d_mlp contradicts weights": ("model.safetensors", _htc(lambda h: h.update(d_mlp=256)),
                                   "wrong shapes: blocks.0.mlp.W_in is [128, 512] not [128, 256]"),
@@ -85,9 +72,9 @@ CHECKPOINT_DAMAGE = {
                                   "unexpected tensors blocks.2."),
     "more layers than weights": ("model.safetensors", _htc(lambda h: h.update(n_layers=4)),
                                  "missing tensors blocks.3."),
-    "tensor missing": ("model.safetensors", lambda d: _edit_tensors(d / "model.safetensors", lambda s: s.pop(
+    "tensor missing": ("model.safetensors", lambda d: edit_tensors(d / "model.safetensors", lambda s: s.pop(
         "unembed.W_U")), "missing tensors unembed.W_U"),
-    "tensor extra": ("model.safetensors", lambda d: _edit_tensors(d / "model.safetensors", lambda s: s.update(
+    "tensor extra": ("model.safetensors", lambda d: edit_tensors(d / "model.safetensors", lambda s: s.update(
         stray=torch.zeros(3))), "unexpected tensors stray"),
     "tokenizer garbage": ("tokenizer.json", lambda d: (d / "tokenizer.json").write_text("garbage"),
                           "not valid JSON"),
@@ -161,7 +148,7 @@ def hf_dir(tmp_path):
 
 
 HF_DAMAGE = {
-    "truncated weights": ("model.safetensors", lambda d: _truncate(d / "model.safetensors"), "truncated"),
+    "truncated weights": ("model.safetensors", lambda d: truncate(d / "model.safetensors"), "truncated"),
     "config a list": ("config.json", lambda d: (d / "config.json").write_text("[]"), "JSON list"),
     "config a string": ("config.json", lambda d: (d / "config.json").write_text('"model_type"'), "JSON string"),
     "config not UTF-8": ("config.json", lambda d: (d / "config.json").write_bytes(b"\xff\xfe"), "not UTF-8"),
@@ -172,7 +159,7 @@ HF_DAMAGE = {
                                  lambda d: (d / "tokenizer_config.json").write_text("{"), "not valid JSON"),
     "generation config garbage": ("generation_config.json",
                                   lambda d: (d / "generation_config.json").write_text("x"), "not valid JSON"),
-    "tensor missing": ("model.safetensors", lambda d: _edit_tensors(d / "model.safetensors", lambda s: s.pop(
+    "tensor missing": ("model.safetensors", lambda d: edit_tensors(d / "model.safetensors", lambda s: s.pop(
         "transformer.h.0.mlp.c_fc.weight")), "lacks 1 tensor(s)"),
 }
 
@@ -195,7 +182,7 @@ def test_hf_tokenizer_that_parses_as_json_but_not_as_a_tokenizer(hf_dir):
     (lambda c: c.update(architectures=["FooForCausalLM"]), "NotImplementedError"),
 ])
 def test_failed_conversion_names_the_directory_and_the_error(hf_dir, edit, says):
-    _edit_json(hf_dir / "config.json", edit)
+    edit_json(hf_dir / "config.json", edit)
     with pytest.raises(WorkbenchError) as err:
         load_model(hf_dir)
     msg = str(err.value)

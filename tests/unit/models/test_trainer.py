@@ -52,7 +52,7 @@ def test_state_of_another_recipe_is_not_resumed(tmp_path):
     try:
         train(with_steps(tiny_recipe(), 20), tmp_path / "s", progress=False)
     except ValueError as e:
-        assert "different recipe" in str(e)
+        assert "different run" in str(e)
     else:
         raise AssertionError("resumed the state of a different recipe")
 
