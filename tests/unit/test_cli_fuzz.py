@@ -20,6 +20,7 @@ from workbench.cli import FILE_OUTPUTS, _add_overwrite_flags, _subparsers, build
 
 BAD_VALUES = ["", " ", "-1", "0", "-0.5", "inf", "-inf", "nan", "1e400", "abc", "4.5", "99999999999999999999999",
               "1,x", "\0", "€"]
+MAX_VALUES_PER_OPTION = 8  # the first refused ones, in the order above: empty, sign, non-finite, overflow, text
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,12 +68,15 @@ def _typed_cases():
                 continue
             if action.type is None or action.type is str:
                 continue
+            refused = []
             for value in BAD_VALUES:
                 try:
                     action.type(value)
                 except (argparse.ArgumentTypeError, ValueError, TypeError):
-                    yield pytest.param(leaf.prog, action.option_strings[0], value,
-                                       id=f"{leaf.prog}:{action.option_strings[0]}={value!r}")
+                    refused.append(value)
+            for value in refused[:MAX_VALUES_PER_OPTION]:
+                yield pytest.param(leaf.prog, action.option_strings[0], value,
+                                   id=f"{leaf.prog}:{action.option_strings[0]}={value!r}")
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -151,3 +155,66 @@ def test_bad_out_paths_are_refused_before_any_work(tmp_path, capsys, prog):
         assert _snapshot(tmp_path) == before, what
     assert (tmp_path / "fifo").exists() and not (tmp_path / "fifo").is_file()
     assert sorted(p.name for p in (tmp_path / "foreign").iterdir()) == ["thesis.tex"]
+
+
+# ---- damaged inputs: every command that reads a model, an SAE, a cache or a data file ------------------------------
+
+def _damaged_inputs(root: Path) -> dict[str, Path]:
+    """A damaged copy of each kind of input file, each the way a real accident leaves it."""
+    import shutil
+
+    from tests.helpers import truncate
+    from workbench.models.zoo import organism_dir
+
+    model = root / "model"
+    shutil.copytree(organism_dir("adder-direct"), model, ignore=shutil.ignore_patterns("transcoders"))
+    truncate(model / "model.safetensors")
+    sae = root / "sae"
+    sae.mkdir()
+    (sae / "cfg.json").write_text("[]")
+    (sae / "sae_weights.safetensors").write_bytes(b"\0" * 64)
+    cache = root / "cache"
+    cache.mkdir()
+    (cache / "manifest.json").write_text("[]")
+    data = root / "data.jsonl"
+    data.write_bytes(bytes(range(256)) * 8)
+    transcoders = root / "transcoders"
+    shutil.copytree(organism_dir("adder-direct") / "transcoders", transcoders)
+    truncate(next(transcoders.glob("layer_0/*.safetensors")))
+    return {"model": model, "sae": sae, "cache": cache, "data": data, "transcoders": transcoders}
+
+
+DAMAGED_CASES = [
+    (["generate", "{model}", "1+1="], "model.safetensors"),
+    (["lens", "{model}", "1+1=", "--out", "{out}"], "model.safetensors"),
+    (["probe", "{model}", "--n", "20", "--out", "{out}"], "model.safetensors"),
+    (["patch", "{model}", "--n", "2", "--out", "{out}"], "model.safetensors"),
+    (["faithfulness", "{model}", "--n", "20", "--out", "{out}"], "model.safetensors"),
+    (["cache", "{model}", "--task", "cot", "--n", "4", "--hooks", "blocks.0.hook_resid_post", "--out", "{out}"],
+     "model.safetensors"),
+    (["diff", "adder-direct", "{model}", "--out", "{out}"], "model.safetensors"),
+    (["export", "{model}", "--out", "{out}"], "model.safetensors"),
+    (["organisms", "eval", "{model}", "--organism", "adder-direct", "--n", "5"], "model.safetensors"),
+    (["train", "sft", "--model", "{model}", "--data", "{data}", "--out", "{out}"], "model.safetensors"),
+    (["sae", "eval", "{sae}", "--model", "adder-direct"], "cfg.json"),
+    (["sae", "dashboard", "{sae}", "--model", "adder-direct", "--out", "{out}"], "cfg.json"),
+    (["tuned-lens", "adder-direct", "--cache", "{cache}", "--out", "{out}"], "manifest.json"),
+    (["sae", "train", "adder-direct", "--hook", "blocks.0.hook_resid_post", "--cache", "{cache}", "--out", "{out}"],
+     "manifest.json"),
+    (["train", "sft", "--model", "adder-direct", "--data", "{data}", "--out", "{out}"], "data.jsonl"),
+    (["train", "dpo", "--model", "adder-direct", "--data", "{data}", "--out", "{out}"], "data.jsonl"),
+    (["cache", "adder-direct", "--dataset", "{data}", "--hooks", "blocks.0.hook_resid_post", "--out", "{out}"],
+     "data.jsonl"),
+    (["circuit", "adder-direct", "1+1=", "--transcoders", "{transcoders}", "--out", "{out}"], "layer_0"),
+]
+
+
+@pytest.mark.parametrize("argv, names", DAMAGED_CASES, ids=[" ".join(c[0][:2]) + f" <{c[1]}>"
+                                                            for c in DAMAGED_CASES])
+def test_a_damaged_input_is_named_and_nothing_is_changed(tmp_path, capsys, argv, names):
+    inputs = _damaged_inputs(tmp_path / "in")
+    before = _snapshot(tmp_path)
+    argv = [a.format(out=tmp_path / "out", **inputs) for a in argv]
+    assert main(argv) == 2, argv
+    _assert_one_line(capsys, names)
+    assert all(_snapshot(tmp_path).get(path) == digest for path, digest in before.items())
