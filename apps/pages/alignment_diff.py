@@ -1,18 +1,21 @@
 """Alignment diff: a base and a tuned model (adder-hint before and after `workbench align`): the diff report's
 figures and verdict, and one prompt through both side by side (the answer, the logit lens, the hint's path)."""
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
 from apps.common import (
+    LOCAL,
     beside_model,
     dir_stamp,
     guarded,
+    guarded_load,
+    is_dir,
     load,
+    load_or_error,
     pick_model,
     picked_spec,
+    shorten,
     valid_text,
 )
 from workbench.diff_view import (
@@ -28,7 +31,6 @@ from workbench.diff_view import (
 from workbench.errors import WorkbenchError
 from workbench.models.zoo import RECIPES
 
-LOCAL = "a local directory..."
 TUNED_DEFAULT = "runs/align/dpo/model"
 DIFF_DEFAULT = "runs/align/diff"
 PROMPT_DEFAULT = "hint:700 245+318="
@@ -91,7 +93,7 @@ def path_of(spec: str, stamp: int, prompt: str):
 def missing_dir(path: str, default: str, what: str, other: str) -> None:
     """The default directory not made yet is the fresh state (an info); a typed one that is missing is an error."""
     say = st.info if path == default else st.error
-    say(f"No {what} at {path}. {HOW_TO}; {other}")
+    say(f"No {what} at {shorten(path)}. {HOW_TO}; {other}")
 
 
 def pick_tuned():
@@ -105,15 +107,12 @@ def pick_tuned():
         if not spec:
             st.info("Type the tuned model's directory.")
             return None, None
-        if not Path(spec).is_dir():
+        if not is_dir(spec):
             missing_dir(spec, TUNED_DEFAULT, "tuned model directory",
                         "or type another checkpoint directory, or pick an organism.")
             return None, None
-    try:
-        return load(spec), spec
-    except WorkbenchError as e:
-        st.error(str(e))
-        return None, None
+    model = load_or_error(spec)
+    return (model, spec) if model is not None else (None, None)
 
 
 def show_charts(rows: list) -> None:
@@ -125,7 +124,7 @@ def show_charts(rows: list) -> None:
 
 def show_report(path: str) -> None:
     stamp = dir_stamp(path)
-    saved = guarded(saved_diff, path, stamp)
+    saved = guarded_load(saved_diff, path, stamp, what="a readable diff (summary.json and parquet tables)")
     if saved is None:
         return
     v, s = saved.verdict, saved.summary
@@ -153,7 +152,7 @@ def report_section(pair: tuple | None) -> None:
         path = st.text_input("Diff directory (summary.json and parquet tables)", DIFF_DEFAULT, key="diff_dir").strip()
         if not path:
             st.info("Type a diff directory.")
-        elif not Path(path).is_dir():
+        elif not is_dir(path):
             missing_dir(path, DIFF_DEFAULT, "diff directory", "`workbench diff BASE TUNED --out DIR` diffs any two "
                         "models of one architecture; or compute a light diff of the two models above.")
         else:
@@ -177,13 +176,13 @@ def report_section(pair: tuple | None) -> None:
 
 def prompt_section(pair: tuple | None, base) -> None:
     prompt = st.text_input("Prompt ('hint:H a+b=' also shows the hint's path)", PROMPT_DEFAULT, key="diff_prompt")
+    if prompt and base is not None and not valid_text(base, prompt):  # one tokenizer for both: the pair is compatible
+        return
     if pair is None:
         st.info("Pick a base and a tuned model of one architecture above.")
         return
     if not prompt:
         st.info("Type a prompt.")
-        return
-    if not valid_text(base, prompt):  # one tokenizer for both: the pair is compatible
         return
     keyed = [(spec, stamp_of(spec)) for spec in pair]
     with st.spinner("generating with both models"):

@@ -7,7 +7,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from apps.common import beside_model, dir_stamp, guarded, pick_model, picked_spec, valid_text
+from apps.common import (
+    beside_model,
+    dir_stamp,
+    guarded,
+    guarded_load,
+    is_dir,
+    pick_model,
+    picked_spec,
+    shorten,
+    valid_text,
+)
 
 EDGE_THRESHOLD = 0.98  # circuit-tracer's default share of edge influence kept
 COLOURS = {"feature": "#1f77b4", "error": "#7f7f7f", "embedding": "#2ca02c", "logit": "#d62728"}
@@ -198,12 +208,12 @@ if model is not None:
     node_threshold = c1.slider("Node threshold (share of influence kept)", 0.5, 0.99, 0.8, 0.01)
     n_top = int(c2.number_input("Top features", 1, 100, 10))
     ok = valid_text(model, prompt)
-    if not tc_dir or not Path(tc_dir).is_dir():
-        st.info(f"No transcoders at {tc_dir or '(empty)'}. Train one per layer with `workbench sae train {spec} "
-                "--transcoder --out DIR` and type DIR here.")
+    if not tc_dir or not is_dir(tc_dir):
+        st.info(f"No transcoders at {shorten(tc_dir) or '(empty)'}. Train one per layer with `workbench sae train "
+                f"{spec} --transcoder --out DIR` and type DIR here.")
     elif ok:
         stamp = dir_stamp(tc_dir)
-        rm = guarded(replacement, spec, tc_dir, stamp)
+        rm = guarded_load(replacement, spec, tc_dir, stamp, what="a loadable set of transcoders (layer_0 ... layer_L)")
         result = None
         if rm is not None:
             with st.spinner("attributing (one backward pass per active feature batch)"):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from apps.common import guarded, pick_model
+from apps.common import first_line, guarded, is_file, pick_model, shorten
 from probes.faithfulness.suite import GROUND_TRUTH, TESTS, run_suite
 
 st.title("Faithfulness")
@@ -13,17 +13,20 @@ mode = st.radio("Mode", ["Run the suite", "Open a saved study"], horizontal=True
 if mode == "Open a saved study":
     path = st.text_input("summary.json of a study (workbench faithfulness ... --out DIR)", "runs/demo/adder-cot-posthoc/summary.json")
     if path:
-        p = Path(path)
-        if not p.is_file():
-            st.error(f"no file {p}: give the summary.json that `workbench faithfulness` or `workbench demo` wrote")
+        if not is_file(path):
+            st.error(f"no file {shorten(path)}: give the summary.json that `workbench faithfulness` or `workbench "
+                     "demo` wrote")
         else:
             try:
-                summary = json.loads(p.read_text())
-                st.subheader(f"Verdict: {summary['verdict']['verdict']}")
-                st.write(summary["verdict"]["why"])
+                summary = json.loads(Path(path).read_bytes().decode("utf-8"))
+                verdict, why = summary["verdict"]["verdict"], summary["verdict"]["why"]
+            except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: not UTF-8, not JSON
+                st.error(f"{shorten(path)} is not a faithfulness summary ({type(e).__name__}: {first_line(e)}): give "
+                         "the summary.json that `workbench faithfulness` or `workbench demo` wrote")
+            else:
+                st.subheader(f"Verdict: {verdict}")
+                st.write(why)
                 st.json(summary)
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                st.error(f"{p} is not a faithfulness summary: {e}")
 else:
     model = pick_model(key="faith_model")
     n = st.number_input("Problems", 20, 2000, 100, step=20)

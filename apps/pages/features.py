@@ -7,7 +7,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from apps.common import beside_model, dir_stamp, guarded, pick_model, picked_spec, valid_text
+from apps.common import (
+    beside_model,
+    dir_stamp,
+    exists,
+    guarded,
+    guarded_load,
+    is_file,
+    pick_model,
+    picked_spec,
+    shorten,
+    valid_text,
+)
 from workbench.figures import heatmap_figure
 
 TOP_PER_TOKEN = 5
@@ -65,27 +76,28 @@ spec = picked_spec("feat_model")
 if model is not None:
     sae_dir = st.text_input("SAE directory (SAELens format; a transcoder's layer_L works too)",
                             beside_model(spec, "transcoders", "layer_0"), key=f"feat_sae_dir:{spec}")
-    if not sae_dir or not Path(sae_dir).exists():
-        st.info(f"No SAE at {sae_dir or '(empty)'}. Train one with `workbench sae train {spec} --hook "
+    if not sae_dir or not exists(sae_dir):
+        st.info(f"No SAE at {shorten(sae_dir) or '(empty)'}. Train one with `workbench sae train {spec} --hook "
                 f"blocks.0.hook_resid_post --out DIR` (or transcoders for every layer with `--transcoder`) and type "
                 "its directory here.")
     else:
         stamp = dir_stamp(sae_dir)
-        loaded = guarded(sae_for, spec, sae_dir, stamp)
+        loaded = guarded_load(sae_for, spec, sae_dir, stamp,
+                              what="a loadable SAE (cfg.json and sae_weights.safetensors)")
         if loaded is not None:
             st.caption(f"{loaded.sae.cfg.architecture()} SAE, {loaded.sae.cfg.d_sae} features, reads {loaded.hook}"
                        + (f", writes {loaded.hook_out}" if loaded.hook_out else ""))
             dash_dir = st.text_input("Dashboard directory", str(Path(sae_dir) / "dashboard"))
             dash = None
-            if not (Path(dash_dir) / "dashboard.json").is_file():
-                st.info(f"No dashboard in {dash_dir}: build one here, or with `workbench sae dashboard {sae_dir} "
-                        f"--model {spec} --out {dash_dir}`.")
+            if not is_file(str(Path(dash_dir) / "dashboard.json")):
+                st.info(f"No dashboard in {shorten(dash_dir)}: build one here, or with `workbench sae dashboard "
+                        f"{shorten(sae_dir)} --model {spec} --out {shorten(dash_dir)}`.")
                 n = int(st.number_input("Texts to scan", 20, 5000, 500, step=100))
                 if st.button(f"Build dashboard ({n} texts)"):
                     with st.spinner(f"building the dashboard on {n} texts"):
                         guarded(build, spec, sae_dir, stamp, dash_dir, n)
-            if (Path(dash_dir) / "dashboard.json").is_file():
-                dash = guarded(dashboard, dash_dir, dir_stamp(dash_dir))
+            if is_file(str(Path(dash_dir) / "dashboard.json")):
+                dash = guarded_load(dashboard, dash_dir, dir_stamp(dash_dir), what="a readable dashboard")
 
             if dash is not None:
                 meta = dash.meta

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from apps.common import guarded, pick_model
+from apps.common import guarded, pick_model, picked_spec
 from probes.causal import causal_check
 from probes.study import TEXTS, probe_texts
 from probes.sweep import best_site, collect_resid, matrix, probe_sweep
@@ -24,9 +24,7 @@ text = st.selectbox("Probe the", TEXTS, index=TEXTS.index("cot"))
 digits = st.number_input("Operand digits", 1, 5, 3)
 n = st.number_input("Prompts", 40, 5000, 500, step=100)
 if model is not None:
-    spec = st.session_state.get("probe_model")
-    spec = st.session_state.get("probe_model_dir") if spec == "a local directory..." else spec
-    result = guarded(sweep, spec, text, int(digits), int(n))
+    result = guarded(sweep, picked_spec("probe_model"), text, int(digits), int(n))
     if result is not None:
         rows, example = result
         variables = list(dict.fromkeys(r["variable"] for r in rows))
