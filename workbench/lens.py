@@ -15,7 +15,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from workbench.errors import WorkbenchError
-from workbench.models.tokenizer import check_text
+from workbench.models.tokenizer import tokenize_prompts
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,7 @@ def logit_lens(
     probability and rank each layer's readout gives.
     """
     if isinstance(prompt, str):
-        check_text(model.tokenizer, prompt)
-        tokens = model.to_tokens(prompt)
+        tokens = tokenize_prompts(model, [prompt])[0].reshape(1, -1)  # refuses, never truncates, a long prompt
     else:
         if prompt.dim() > 2 or (prompt.dim() == 2 and prompt.shape[0] != 1):
             raise WorkbenchError(f"logit_lens reads one prompt: tokens of shape [pos] or [1, pos], got {tuple(prompt.shape)}")

@@ -21,7 +21,7 @@ import torch
 from einops import einsum
 from jaxtyping import Float, Int
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
@@ -30,8 +30,8 @@ from workbench.cache_store import CacheReader
 from workbench.errors import WorkbenchError
 from workbench.io import atomic_dir
 from workbench.lens import LensReadout, readout_from_log_probs
-from workbench.models.checkpoint import refuse_pickle, weights_sha256
-from workbench.models.tokenizer import check_text
+from workbench.models.checkpoint import load_safetensors_checked, refuse_pickle, weights_sha256
+from workbench.models.tokenizer import tokenize_prompts
 
 log = logging.getLogger(__name__)
 FORMAT = "workbench-tuned-lens"
@@ -239,7 +239,7 @@ def load_tuned_lens(directory: str | Path, model: HookedTransformer | None = Non
         for path in directory.iterdir():
             refuse_pickle(path)
         raise WorkbenchError(f"{directory} has config.json but no {WEIGHTS_FILE}")
-    t = load_file(str(directory / WEIGHTS_FILE))
+    t = load_safetensors_checked(directory / WEIGHTS_FILE)
     n, d = config.get("n_layers"), config.get("d_model")
     if set(t) != {"weight", "bias"} or t["weight"].shape != (n, d, d) or t["bias"].shape != (n, d):
         raise WorkbenchError(f"{directory / WEIGHTS_FILE} does not hold weight [{n}, {d}, {d}] and bias [{n}, {d}] "
@@ -264,8 +264,7 @@ def tuned_lens_readout(
     ``final_post`` is the model's own output. Checks shapes only; :func:`load_tuned_lens` checks the weights."""
     _check_fits(model, lens)
     if isinstance(prompt, str):
-        check_text(model.tokenizer, prompt)
-        tokens = model.to_tokens(prompt)
+        tokens = tokenize_prompts(model, [prompt])[0].reshape(1, -1)  # refuses, never truncates, a long prompt
     elif prompt.dim() > 2 or (prompt.dim() == 2 and prompt.shape[0] != 1):
         raise WorkbenchError(f"the lens reads one prompt: tokens of shape [pos] or [1, pos], got {tuple(prompt.shape)}")
     else:

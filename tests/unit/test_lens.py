@@ -38,3 +38,15 @@ def test_bad_inputs(model):
 def test_one_prompt_only(model):
     with pytest.raises(WorkbenchError, match="one prompt"):
         logit_lens(model, model.to_tokens(["1+2=", "3+4="]))
+
+
+def test_a_prompt_longer_than_the_context_is_refused_not_truncated():
+    import pytest
+
+    from tests.helpers import tiny_model
+    from workbench.errors import WorkbenchError
+    from workbench.lens import logit_lens
+
+    model = tiny_model()
+    with pytest.raises(WorkbenchError, match="longer than the context"):
+        logit_lens(model, "1+1=" * 40)
