@@ -197,5 +197,5 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path):
     assert weights_sha256(resumed) == weights_sha256(whole)
     assert (tmp_path / "split" / "metrics.jsonl").read_text() == (tmp_path / "whole" / "metrics.jsonl").read_text()
 
-    with pytest.raises(WorkbenchError, match="another config"):
+    with pytest.raises(WorkbenchError, match="different run"):
         train_ppo(tiny_model(seed=0), None, sevens, PROMPTS, small_cfg(lr=1e-3), tmp_path / "split", progress=False)
