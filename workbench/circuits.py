@@ -8,7 +8,11 @@ only define the graph's nodes, and each MLP's residual ``mlp_out - transcoder(re
 Graph edges are direct effects in the *local replacement model* (attention patterns, LayerNorm scales and error
 nodes frozen at the prompt; MLPs replaced by the transcoders). Edges into a feature are in units of its
 pre-activation, edges out of it are scaled by its activation; logit nodes are demeaned logits (logit - mean logit).
-Position 0 (BOS) has no feature or error nodes: circuit-tracer treats its MLP output as a constant.
+The graph explains exactly the token ids the rest of the workbench uses (``model.to_tokens(prompt)``):
+circuit-tracer's own tokenization, which prepends a dummy special token to a sequence that does not start with
+one (a model without BOS would then be explained on another input) and fails when the only special token has id
+0, is replaced. When ``to_tokens`` prepends a BOS, position 0 (the BOS) has no feature or error nodes:
+circuit-tracer treats its MLP output as a constant; a model without BOS has nodes at every position.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from circuit_tracer.attribution.attribute import attribute
+
+from workbench.deps import check_tested
+
+check_tested("circuit-tracer")  # the only one on PyPI is a fork: use it only at the release and code tested
+
+from circuit_tracer.attribution.attribute import attribute  # noqa: E402
 from circuit_tracer.frontend.graph_models import Model as GraphModel
 from circuit_tracer.graph import Graph, compute_graph_scores, compute_node_influence, find_threshold, prune_graph
 from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
@@ -99,9 +108,34 @@ def _replacement_key(key: str) -> str:
     return re.sub(r"^unembed\.", "unembed.old_unembed.", key)
 
 
+class _ReplacementModel(TransformerLensReplacementModel):
+    """circuit-tracer's replacement model, reading prompts as the workbench does: a string becomes
+    ``to_tokens(prompt)`` (with the model's own BOS, or none), and token ids are used as given, never with a
+    dummy BOS prepended (circuit-tracer's ``ensure_tokenized`` adds one to any sequence that does not start with
+    a special token, and picks it with ``next(filter(None, ids))``, which fails when that token's id is 0)."""
+
+    def ensure_tokenized(self, prompt: str | Tensor | list[int]) -> Tensor:
+        if isinstance(prompt, str):
+            return tokenize_prompts(self, [prompt])[0]
+        tokens = torch.as_tensor(prompt, dtype=torch.long)
+        if tokens.ndim == 2 and tokens.shape[0] == 1:
+            tokens = tokens[0]
+        if tokens.ndim != 1 or tokens.numel() == 0:
+            raise WorkbenchError(f"a prompt's token ids must be one non-empty sequence, got shape "
+                                 f"{tuple(tokens.shape)}")
+        return tokens.to(self.cfg.device)
+
+
+def bos_positions(model: HookedTransformer) -> int:
+    """How many positions ``model.to_tokens`` puts before a prompt's text: 1 (its BOS) or 0 (a model without
+    BOS, such as Qwen2's, or one whose ``default_prepend_bos`` is off)."""
+    return 1 if model.cfg.default_prepend_bos else 0
+
+
 def replacement_model(model: HookedTransformer, transcoders: dict[int, Transcoder],
                       scan: str | None = None) -> TransformerLensReplacementModel:
-    """circuit-tracer's TransformerLens replacement model with ``model``'s config, weights and tokenizer."""
+    """circuit-tracer's TransformerLens replacement model with ``model``'s config, weights and tokenizer, reading
+    prompts exactly as ``model.to_tokens`` does."""
     cfg = model.cfg
     if cfg.attn_only or cfg.parallel_attn_mlp:
         raise WorkbenchError("attribution graphs need sequential attention-then-MLP blocks (hook_resid_mid); "
@@ -113,7 +147,10 @@ def replacement_model(model: HookedTransformer, transcoders: dict[int, Transcode
                              f"{len(tset)} layers with d_in {d_in} (need one per layer, d_in = d_model)")
     if model.tokenizer is None:
         raise WorkbenchError("the model has no tokenizer; attribution graphs need one to label tokens")
-    rm = TransformerLensReplacementModel.from_config(copy.deepcopy(cfg), tset, tokenizer=model.tokenizer)
+    rm = _ReplacementModel.from_config(copy.deepcopy(cfg), tset, tokenizer=model.tokenizer)
+    # Position 0 is left out of the graph only where it is the BOS to_tokens prepends; circuit-tracer decides by
+    # the model's name (its "gemma-3...-it" case drops four positions), which for a local model is a path.
+    rm.zero_positions = slice(0, bos_positions(model))
     state = {_replacement_key(k): v for k, v in model.state_dict().items()}
     missing, unexpected = rm.load_state_dict(state, strict=False)  # the transcoders are already in place
     if unexpected or any(not k.startswith("transcoders.") for k in missing):
@@ -128,7 +165,7 @@ class CircuitResult:
 
     graph: Graph
     prompt: str
-    tokens: list[int]  # [pos], BOS first
+    tokens: list[int]  # [pos], as model.to_tokens(prompt) gives them (BOS first where the model has one)
     str_tokens: list[str]
     replacement_score: float  # fraction of token->logit influence through features, not error nodes
     completeness_score: float  # influence-weighted fraction of node inputs that are not error nodes
@@ -153,7 +190,8 @@ class CircuitResult:
 def attribute_prompt(rm: TransformerLensReplacementModel, prompt: str, max_n_logits: int = 5,
                      desired_logit_prob: float = 0.95, batch_size: int = 256,
                      max_feature_nodes: int | None = None) -> CircuitResult:
-    """The attribution graph of ``prompt``'s next-token prediction (tokenized as the workbench does, BOS first)."""
+    """The attribution graph of ``prompt``'s next-token prediction, on exactly ``model.to_tokens(prompt)`` (BOS
+    first where the model prepends one, nothing added where it does not)."""
     if not isinstance(prompt, str) or not prompt:
         raise WorkbenchError("prompt must be a non-empty string")
     if max_n_logits < 1 or not 0 < desired_logit_prob <= 1 or batch_size < 1:
@@ -168,8 +206,11 @@ def attribute_prompt(rm: TransformerLensReplacementModel, prompt: str, max_n_log
                           desired_logit_prob=desired_logit_prob, batch_size=batch_size,
                           max_feature_nodes=max_feature_nodes)
     seconds = time.perf_counter() - start
-    replacement, completeness = compute_graph_scores(graph)
     ids = tokens.tolist()
+    if graph.input_tokens.tolist() != ids:  # a replacement model not built by replacement_model() adds a BOS
+        raise WorkbenchError(f"circuit-tracer explained tokens {graph.input_tokens.tolist()}, not the prompt's "
+                             f"{ids}; build the replacement model with workbench.circuits.replacement_model")
+    replacement, completeness = compute_graph_scores(graph)
     return CircuitResult(
         graph=graph, prompt=prompt, tokens=ids, str_tokens=[rm.tokenizer.decode([t]) for t in ids],
         replacement_score=replacement, completeness_score=completeness, seconds=seconds,

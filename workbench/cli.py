@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
@@ -59,7 +60,7 @@ def cmd_organisms_eval(args: argparse.Namespace) -> int:
     if recipe_name is None:
         raise WorkbenchError(f"{args.model!r} is not an organism name; say which organism's behaviour to measure "
                              f"with --organism ({', '.join(RECIPES)})")
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     print(json.dumps(evaluate(model, get_recipe(recipe_name), n=args.n, seed=args.seed), indent=2))
     return 0
 
@@ -68,7 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from workbench.generation import complete
     from workbench.models.loader import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     prompts = [args.prompt] * args.n
     seed = args.seed if args.temperature > 0 else None
     for completion in complete(model, prompts, args.max_new_tokens, args.temperature, seed=seed):
@@ -80,7 +81,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from workbench.models.export import export_hf
     from workbench.models.loader import load_model
 
-    out = export_hf(load_model(args.model), args.out, check=not args.no_check)
+    out = export_hf(load_model(args.model, allow_mismatch=args.allow_mismatch), args.out, check=not args.no_check)
     print(json.dumps({"out": str(out), "load_with": f"AutoModelForCausalLM.from_pretrained({str(out)!r})"}))
     return 0
 
@@ -101,7 +102,7 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
 
     if args.organism is not None and args.organism not in GROUND_TRUTH:
         raise WorkbenchError(f"--organism {args.organism!r} has no planted truth; one of {', '.join(GROUND_TRUTH)}")
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     truth = GROUND_TRUTH.get(args.organism or str(args.model))
     summary, rows = run_suite(model, AdditionAdapter(digits=args.digits), n=args.n, tests=args.tests, seed=args.seed,
                               progress=lambda msg: print(f"[faithfulness] {msg}", file=sys.stderr),
@@ -144,7 +145,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     else:
         samples = make_samples(args.task, args.n, tuple(args.digits), args.split, args.seed)
         texts = [s.prompt + (s.completion if args.text == "full" else "") for s in samples]
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     out = write_cache(model, args.model, texts, args.hooks, args.out, args.positions, args.shard_size, args.batch_size)
     reader = CacheReader(out)
     print(json.dumps({"out": str(out), "prompts": len(reader), "hooks": reader.hooks,
@@ -158,7 +159,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
     from workbench.models.tokenizer import check_text, tokenize_prompts
     from workbench.reports import write_lens
 
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     tokenize_prompts(model, [args.prompt])  # refuses characters outside the vocabulary and an over-long prompt
     target = None
     if args.target is not None:
@@ -186,7 +187,7 @@ def cmd_tuned_lens(args: argparse.Namespace) -> int:
     from workbench.models.loader import load_model
     from workbench.tuned_lens import save_tuned_lens, train_tuned_lens
 
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     lens, report = train_tuned_lens(model, CacheReader(args.cache), steps=args.steps, lr=args.lr,
                                     batch_size=args.batch_size, seed=args.seed)
     save_tuned_lens(lens, args.out, report)
@@ -207,7 +208,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from probes.study import run_probe_study
     from workbench.models.loader import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     summary = run_probe_study(model, args.out, args.digits, args.n, args.text, args.variables, args.causal or (),
                               args.site, args.scale, ProbeConfig(ridge=args.ridge, seed=args.seed))
     print(json.dumps({"out": str(args.out), **summary}, indent=2))
@@ -227,7 +228,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
         clean, corrupt = args.clean, args.corrupt
     else:
         clean, corrupt = make_pairs(args.pairs, args.n, args.digits, args.seed)
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     from workbench.models.tokenizer import tokenize_prompts
 
     lengths = {len(t) for t in tokenize_prompts(model, list(clean) + list(corrupt))}
@@ -247,7 +248,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     if args.sae is not None and args.no_mechanisms:
         raise WorkbenchError("--sae is part of the mechanism diff: drop --no-mechanisms or --sae")
-    base, tuned = load_model(args.base), load_model(args.tuned)
+    base, tuned = load_model(args.base, allow_mismatch=args.allow_mismatch), load_model(args.tuned, allow_mismatch=args.allow_mismatch)
     prompts = [s.prompt for s in make_samples(args.task, args.n, tuple(args.digits), "test", args.seed)]
     cfg = MechanismConfig(n_probe=args.n, n_pairs=args.pairs, probe_digits=tuple(args.digits), seed=args.seed)
     summary = diff_report(base, tuned, prompts, args.out, mechanisms=not args.no_mechanisms, mechanism_config=cfg,
@@ -276,7 +277,7 @@ def cmd_align(args: argparse.Namespace) -> int:
                       ppo=dataclasses.replace(defaults.ppo, steps=args.ppo_steps, lr=args.ppo_lr)
                       if args.ppo_steps and args.sft_steps else None,
                       ppo_reward=args.ppo_reward)
-    summary = run_alignment_study(load_model(args.model), args.out, cfg)
+    summary = run_alignment_study(load_model(args.model, allow_mismatch=args.allow_mismatch), args.out, cfg)
     stages = [k for k in ("before", "after_dpo", "after_sft", "after_ppo") if k in summary]
     rates = {k: {m: v["rate"] for m, v in summary[k].items()} for k in stages}
     verdicts = {k: summary[k]["verdict"] for k in ("verdict_dpo", "verdict_ppo") if summary.get(k)}
@@ -291,7 +292,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from workbench.models.loader import load_model
 
     ddp = distributed()  # before loading: on GPUs each rank must load onto its own device
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     common = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
     if args.method == "sft":
         from training.sft import SFTConfig, train_sft
@@ -574,7 +575,11 @@ def _add_overwrite_flags(parser: argparse.ArgumentParser) -> None:
             child.add_argument("--overwrite", action="store_true",
                                help="write into a non-empty --out directory the workbench did not make (files of "
                                     "the same names are replaced; nothing else is touched)")
-        child.set_defaults(_prog=child.prog)
+        if dests & {"model", "base"} and "allow_mismatch" not in dests:
+            child.add_argument("--allow-mismatch", action="store_true",
+                               help="load a local Hugging Face model even if its converted log-probabilities "
+                                    "differ from transformers' (a warning instead of a refusal)")
+        child.set_defaults(_prog=child.prog, allow_mismatch=False)
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -611,6 +616,7 @@ def _refuse_system_path(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _add_overwrite_flags(parser)
+    warnings.showwarning = _warning_line
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -627,6 +633,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("workbench: interrupted", file=sys.stderr)
         return 130
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings the user should act on, as one line each (not Python's file:line two-liner)."""
+    print(f"workbench: warning: {_one_line(str(message))}", file=sys.stderr)
 
 
 def _one_line(message: str) -> str:

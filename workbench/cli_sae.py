@@ -90,7 +90,7 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
     from workbench.saes import train_sae, transcoder_hooks
 
     _recipe(args, args.transcoder).check()  # before any caching
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     if args.transcoder:
         layers = range(model.cfg.n_layers)
         cache = _ensure_cache(args, model, [h for layer in layers for h in transcoder_hooks(layer)])
@@ -119,7 +119,7 @@ def cmd_sae_eval(args: argparse.Namespace) -> int:
     from workbench.sae_eval import evaluate_sae
     from workbench.saes import load_sae
 
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     loaded = load_sae(args.sae, model, allow_other_model=args.allow_other_model)
     metrics = evaluate_sae(model, loaded, texts_for(args.model, args.n, "test", args.seed, args.dataset))
     if args.out is not None:
@@ -148,7 +148,7 @@ def cmd_sae_dashboard(args: argparse.Namespace) -> int:
     from workbench.models.loader import load_model
     from workbench.saes import load_sae
 
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     loaded = load_sae(args.sae, model)
     if args.dataset is not None:
         texts, problems = texts_for(args.model, args.n, "all", args.seed, args.dataset), None
@@ -193,7 +193,7 @@ def cmd_sae_sweep(args: argparse.Namespace) -> int:
         if too_big:
             raise WorkbenchError(f"k cannot exceed --d-sae ({base.d_sae}), got {too_big}")
     base.check()
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     if args.hook not in model.hook_dict:
         raise WorkbenchError(f"{args.hook!r} is not a hook of {args.model}; e.g. blocks.0.hook_resid_post")
     hooks = [args.hook]
@@ -238,7 +238,7 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     from workbench.models.loader import load_model
     from workbench.saes import load_transcoders
 
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     transcoders = load_transcoders(_transcoder_dir(args), model)
     rm = replacement_model(model, transcoders)
     result = attribute_prompt(rm, args.prompt, max_n_logits=args.max_n_logits)
@@ -286,7 +286,7 @@ def cmd_circuit_study(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    model = load_model(args.model)
+    model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     transcoders = load_transcoders(_transcoder_dir(args), model)
     rng = np.random.default_rng(args.seed)
     a, b = sample_operands(args.n, (args.digits,), "test", rng)
