@@ -29,6 +29,7 @@ from training.common import (
     distributed, encode_pairs, load_rows, sequence_logprob, start_run, step_indices, take_pairs,
 )
 from workbench.errors import WorkbenchError
+from workbench.models.export import export_beside
 from workbench.models.checkpoint import save_checkpoint, weights_sha256
 from workbench.models.trainer import checked_step, load_train_state, save_train_state
 
@@ -186,5 +187,6 @@ def train_dpo(
     policy.eval()
     if step == cfg.steps and ddp.is_main:
         save_checkpoint(policy, out_dir / "model")
+        export_beside(policy, out_dir / "model")  # model/hf: the same weights for transformers, vLLM, TRL
     ddp.barrier()  # no rank returns before the final model is on disk
     return policy

@@ -36,6 +36,7 @@ from transformer_lens import HookedTransformer
 from training.common import Batch, Distributed, MetricLog, check_finite, check_training_config, distributed
 from workbench.resume import check_same_run
 from workbench.errors import NonFiniteLoss, WorkbenchError
+from workbench.models.export import export_beside
 from workbench.models.checkpoint import save_checkpoint
 from workbench.models.tokenizer import tokenize_prompts
 from workbench.models.trainer import checked_step, deterministic_cpu, load_train_state, save_train_state
@@ -421,5 +422,6 @@ def train_ppo(
     policy.eval()
     if ddp.is_main:
         save_checkpoint(policy, out_dir / "policy", extra_files={"ppo_config.json": cfg_json})
+        export_beside(policy, out_dir / "policy")  # policy/hf: the same weights for transformers, vLLM, TRL
     ddp.barrier()  # no rank returns before the final policy is on disk
     return policy

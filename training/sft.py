@@ -23,6 +23,7 @@ from training.common import (
     start_run, token_logprobs,
 )
 from workbench.errors import WorkbenchError
+from workbench.models.export import export_beside
 from workbench.models.checkpoint import save_checkpoint, weights_sha256
 from workbench.models.trainer import checked_step, deterministic_cpu, load_train_state, save_train_state
 
@@ -116,5 +117,6 @@ def train_sft(
     model.eval()
     if ddp.is_main:
         save_checkpoint(model, out / "model")
+        export_beside(model, out / "model")  # model/hf: the same weights for transformers, vLLM, TRL
     ddp.barrier()  # no rank returns before the final model is on disk
     return model

@@ -402,3 +402,18 @@ def _build_hf(config, state: dict[str, Tensor], dtype: torch.dtype):
         raise ExportRefused(f"the {type(hf).__name__} built for export does not match the converted weights "
                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     return hf.eval()
+
+
+def export_beside(model: HookedTransformer, checkpoint_dir: str | Path) -> Path | None:
+    """After a trainer saves ``checkpoint_dir``, also write ``checkpoint_dir/hf`` for transformers, vLLM or TRL.
+
+    A model no transformers class can hold exactly is logged and skipped (the checkpoint is what the workbench
+    needs); the export never stops a finished training run.
+    """
+    import logging
+
+    try:
+        return export_hf(model, Path(checkpoint_dir) / "hf")
+    except ExportRefused as e:
+        logging.getLogger(__name__).warning("no transformers export beside %s: %s", checkpoint_dir, e)
+        return None

@@ -73,3 +73,15 @@ def test_bad_data_names_the_columns(tmp_path):
         load_rows([{"prompt": "1+1="}], ("prompt", "completion"))
     with pytest.raises(WorkbenchError, match="no data file"):
         load_rows(tmp_path / "none.jsonl", ("prompt", "completion"))
+
+
+def test_the_tuned_model_is_also_saved_for_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = train_sft(tiny_model(), ROWS, SFTConfig(lr=3e-3, steps=2, batch_size=8), tmp_path / "run", progress=False)
+    hf_dir = tmp_path / "run" / "model" / "hf"
+    assert json.loads((hf_dir / "config.json").read_text())["model_type"] == "gpt2"
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    tokens = model.to_tokens("12+34=")
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, model(tokens), atol=1e-4, rtol=0)
