@@ -1,4 +1,12 @@
-"""What every page shares: picking and loading a model (cached), and showing bad input as an error."""
+"""What every page shares: picking and loading a model (cached), showing bad input as an error, and the state
+that travels between pages and in links.
+
+Shared state: the model, the prompt (its problem, ``[hint:H ]a+b=``) and the layer a page shows are kept in
+``st.session_state`` (``shared_model``, ``shared_prompt``, ``shared_layer``) and written to the URL's query string
+(``?model=...&prompt=...&layer=...``), so the next page opens on what this one showed and the address bar holds a
+link to the view. A link opened in a new session seeds the shared state from its query string
+(:func:`init_shared`, called by the router before every page).
+"""
 
 from __future__ import annotations
 
@@ -51,16 +59,105 @@ def load_or_error(spec: str):
     return None
 
 
-def pick_model(key: str = "model", label: str = "Model", default: str = "adder-cot-faithful"):
-    """A shipped organism or a local directory; returns the loaded model, or None after showing the error."""
+DEFAULT_PROMPT = "478+256="
+"""Where every page opens on a fresh session: a 3-digit problem with two carries."""
+DEFAULT_TEXT = "478+256= 8+6+0=14 7+5+1=13 4+2+1=07 ans "
+"""The same with the organisms' CoT, up to where the answer starts (pages that read a whole text)."""
+SHARED = ("model", "prompt", "layer", "feature")
+"""What travels between pages and in the URL."""
+
+
+def init_shared() -> None:
+    """Seed the shared state from the URL: on a session's first run (a link someone shared), and whenever the
+    query string holds a value this session did not write (a link between pages, an address edited by hand)."""
+    seen = st.session_state.setdefault("shared_url", {})
+    for name in SHARED:
+        value = st.query_params.get(name)
+        if value and seen.get(name) != value:
+            seen[name] = value
+            st.session_state[f"shared_{name}"] = value
+
+
+def shared(name: str, default=None):
+    """The shared ``model``, ``prompt`` or ``layer`` (what the last page showed), or ``default``."""
+    return st.session_state.get(f"shared_{name}", default)
+
+
+def share(name: str, value) -> None:
+    """Make ``value`` the shared ``name`` and put it in the URL; nothing for an empty value."""
+    if value is None or value == "":
+        return
+    st.session_state[f"shared_{name}"] = value
+    st.session_state.setdefault("shared_url", {})[name] = str(value)
+    if st.query_params.get(name) != str(value):
+        st.query_params[name] = str(value)
+
+
+def problem_head(text: str) -> str | None:
+    """The problem a text starts with, ``[hint:H ]a+b=`` (what pages share as the prompt), or None."""
+    from workbench.tasks.parse import parse_prompt
+
+    parsed = parse_prompt(text) if isinstance(text, str) else None
+    if parsed is None or parsed.problem is None:
+        return None
+    return (f"hint:{parsed.hint} " if parsed.hint is not None else "") + f"{parsed.problem.a}+{parsed.problem.b}="
+
+
+def seed(key: str, value) -> None:
+    """Give a widget its first value through session state (no default argument then, so no Streamlit warning);
+    a widget already on the page keeps what the user set."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def prompt_input(label: str = "Prompt", default: str = "36+59=", key: str | None = None, derive=None) -> str:
+    """A prompt box that opens on the shared prompt (``derive(shared)`` turns it into this page's text, e.g. with
+    the model's CoT appended); a text that starts with a problem makes that problem the shared prompt."""
+    key = key or f"prompt_{label}"
+    if key not in st.session_state:
+        start = shared("prompt")
+        if start and derive is not None:
+            start = derive(start)
+        st.session_state[key] = start or default
+    text = st.text_input(label, key=key)
+    share("prompt", problem_head(text))
+    return text
+
+
+def pick_model(key: str = "model", label: str = "Model", default: str = "adder-cot-faithful", shared_model: bool = True):
+    """A shipped organism or a local directory; returns the loaded model, or None after showing the error.
+
+    With ``shared_model`` the picker opens on the shared model (the last page's) and a model that loads becomes
+    the shared one."""
     names = list(RECIPES) + [LOCAL]
-    choice = st.selectbox(label, names, index=names.index(default), key=key)
+    want = shared("model") if shared_model else None
+    if key not in st.session_state:
+        if want in RECIPES:
+            st.session_state[key] = want
+        elif want and not path_problem(want):
+            st.session_state[key] = LOCAL
+            seed(f"{key}_dir", want)
+        else:
+            st.session_state[key] = default if default in names else names[0]
+    choice = st.selectbox(label, names, key=key)
     spec = st.text_input("Model directory (our checkpoint or a Hugging Face model)", key=f"{key}_dir").strip() \
         if choice == LOCAL else choice
     if not spec:
         st.info("Type a model directory.")
         return None
-    return load_or_error(spec)
+    model = load_or_error(spec)
+    if model is not None and shared_model:
+        share("model", spec)
+    return model
+
+
+def shared_layer(n_layers: int, default: int) -> int:
+    """The shared layer, if it is one of this model's ``n_layers`` (block index), else ``default``."""
+    try:
+        layer = int(shared("layer"))
+    except (TypeError, ValueError):
+        return default
+    return layer if 0 <= layer < n_layers else default
 
 
 def guarded(fn, *args, **kwargs):
@@ -143,3 +240,41 @@ def is_file(path: str) -> bool:
 def exists(path: str) -> bool:
     """``Path(path).exists()``, False (not an exception) for a path the file system cannot look up."""
     return not path_problem(path) and Path(path).exists()
+
+
+def model_stamp(spec: str) -> int:
+    """Part of a cached result's key: a checkpoint rewritten in place is computed again."""
+    return dir_stamp(beside_model(spec))
+
+
+def budget(model, prompt: str, want: int = 256) -> int:
+    """New tokens a completion of ``prompt`` may have: ``want``, or what the context leaves (BOS counted)."""
+    return max(0, min(want, model.cfg.n_ctx - model.to_tokens(prompt).shape[1]))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def completion_of(spec: str, stamp: int, prompt: str, max_new_tokens: int) -> str:
+    """The model's greedy completion of ``prompt`` (up to its end-of-text token)."""
+    from workbench.generation import complete
+
+    return complete(load(spec), [prompt], max_new_tokens=max_new_tokens)[0] if max_new_tokens >= 1 else ""
+
+
+def own_completion(spec: str, model, prompt: str) -> str:
+    """:func:`completion_of` with as many new tokens as the context allows."""
+    return completion_of(spec, model_stamp(spec), prompt, budget(model, prompt))
+
+
+def answer_context(spec: str, model, prompt: str) -> str:
+    """The prompt and the model's own reasoning up to where its answer starts (`` ans ``, included): the text on
+    which its next token is the answer's first digit. The prompt alone for a model that answers at once."""
+    from workbench.tasks.formats import ANSWER_MARK
+
+    completion = own_completion(spec, model, prompt)
+    head, mark, _ = completion.partition(ANSWER_MARK)
+    return prompt + head + mark if mark else prompt
+
+
+def visible(text: str) -> str:
+    """Spaces shown as '␣' (a token that is a space reads as one)."""
+    return text.replace(" ", "\u2423")

@@ -1,11 +1,17 @@
 """Alignment diff: a base and a tuned model (adder-hint before and after `workbench align`): the diff report's
 figures and verdict, and one prompt through both side by side (the answer, the logit lens, the hint's path)."""
 
+import json
+import time
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from apps.common import (
     LOCAL,
+    exists,
     beside_model,
     dir_stamp,
     guarded,
@@ -37,6 +43,51 @@ PROMPT_DEFAULT = "hint:700 245+318="
 HOW_TO = ("`workbench align --out runs/align` trains the aligned adder-hint (runs/align/dpo/model) and writes its "
           "diff (runs/align/diff)")
 SAVED, COMPUTE = "A saved diff directory", "Compute a light diff of the two models"
+# The light diff of adder-hint and another organism, timed on 2 CPU cores: 1.3 s in a warm process, 4.4 s as the
+# page's first computation (workbench.diff_view.light_diff).
+LIGHT_SECONDS = "1 to 5 s"
+# A median relative weight change ||W_tuned - W_base|| / ||W_base|| above this: not a fine-tune of the base (a
+# fine-tune moves weights a few percent; two separately trained models differ by about sqrt(2)).
+UNRELATED = 0.5
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def weight_change(base_spec: str, base_stamp: int, tuned_spec: str, tuned_stamp: int) -> float:
+    """Median over parameters of the relative weight change (workbench.diff.weight_deltas)."""
+    from workbench.diff import weight_deltas
+
+    rows = weight_deltas(load(base_spec), load(tuned_spec))
+    return float(np.median([r["relative"] for r in rows])) if rows else 0.0
+
+
+def card_name(spec: str) -> str | None:
+    """The organism a model directory's card names (``card.json``), or the organism itself."""
+    if spec in RECIPES:
+        return spec
+    card = Path(spec) / "card.json"
+    try:
+        name = json.loads(card.read_text()).get("name") if exists(str(card)) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def pair_warning(base_spec: str, tuned_spec: str) -> str | None:
+    """Why these two models may not be a base and its fine-tune: their cards name two organisms, or their weights
+    are far apart; None when nothing says so."""
+    reasons = []
+    a, b = card_name(base_spec), card_name(tuned_spec)
+    if a and b and a != b:
+        reasons.append(f"their cards name two organisms ({a} and {b}), each trained from scratch")
+    change = weight_change(base_spec, stamp_of(base_spec), tuned_spec, stamp_of(tuned_spec))
+    if change > UNRELATED:
+        reasons.append(f"their weights differ by a median of {change:.0%} of the base's norm per parameter (a "
+                       "fine-tune moves them a few percent)")
+    if not reasons:
+        return None
+    return ("These two models do not look like a base and its fine-tune: " + "; ".join(reasons) + ". The diff's "
+            "'removed' or 'bypassed' reads what training changed in a model; between two separately trained models "
+            "it only describes how they differ, so do not read it as an alignment result.")
 
 
 def stamp_of(spec: str) -> int:
@@ -130,6 +181,8 @@ def show_report(path: str) -> None:
     v, s = saved.verdict, saved.summary
     if v:
         st.subheader(f"Verdict: {v['verdict']} (representation: {v['representation']})")
+        if st.session_state.get("diff_unrelated") and st.session_state.get("diff_source") != SAVED:
+            st.warning("Read with care: the two models compared do not look like a base and its fine-tune (above).")
         st.markdown("\n".join(f"- {e}" for e in v["evidence"]))
         with st.expander("The numbers the verdict rests on, and its rules"):
             st.dataframe(pd.DataFrame([v["numbers"]]), hide_index=True)
@@ -161,16 +214,25 @@ def report_section(pair: tuple | None) -> None:
     if pair is None:
         st.info("Pick a base and a tuned model of one architecture above to compute their diff.")
         return
+    last = st.session_state.get("diff_seconds")
     st.caption(f"{LIGHT_PROMPTS} prompts for KL and the residual stream, {LIGHT_CONFIG.n_probe} for the probes and "
-               f"{LIGHT_CONFIG.n_pairs} hint-swap pairs (the study uses 500 and 64): a few seconds for two organisms. "
-               "Written once per pair of weights to a cache directory.")
+               f"{LIGHT_CONFIG.n_pairs} hint-swap pairs (the study uses 500 and 64). Measured for two organisms: "
+               f"{LIGHT_SECONDS} on 2 CPU cores; a busy machine or larger models take many times longer (tens of "
+               "seconds)" + (f"; the last diff here took {last:.1f} s" if last else "")
+               + ". Written once per pair of weights to a cache directory, then read back in under a second.")
     key = (pair[0], stamp_of(pair[0]), pair[1], stamp_of(pair[1]))
     if st.button("Compute the diff") or st.session_state.get("diff_computed") == key:
-        with st.spinner("diffing: weights, KL, residual stream, probe transfer, hint-swap patching"):
+        t0 = time.perf_counter()
+        with st.spinner("diffing: weights, KL, residual stream, probe transfer, hint-swap patching (it runs while "
+                        "this shows; the first time for a pair of weights)"):
             out = guarded(computed_diff, *key)
+        spent = time.perf_counter() - t0
         if out is not None:
+            if st.session_state.get("diff_computed") != key:
+                st.session_state["diff_seconds"] = spent  # the time of the computation, not of a cached read
             st.session_state["diff_computed"] = key  # later reruns keep showing it
-            st.caption(f"Written to {out}; its report.html holds every figure in one page.")
+            st.caption(f"Written to {out}; its report.html holds every figure in one page. Computed in "
+                       f"{st.session_state.get('diff_seconds', spent):.1f} s; kept for the session.")
             show_report(out)
 
 
@@ -230,7 +292,7 @@ st.caption("A model before (base) and after (tuned) alignment: what changed, whe
            "removed or bypassed, and one prompt through both.")
 left, right = st.columns(2)
 with left:
-    base = pick_model(key="diff_base", label="Base model", default="adder-hint")
+    base = pick_model(key="diff_base", label="Base model", default="adder-hint", shared_model=False)
 with right:
     tuned, tuned_spec = pick_tuned()
 pair = None
@@ -240,6 +302,12 @@ if base is not None and tuned is not None:
         st.error(problem)
     else:
         pair = (picked_spec("diff_base"), tuned_spec)
+        warned = guarded(pair_warning, *pair)
+        if warned:
+            st.warning(warned)
+            st.session_state["diff_unrelated"] = warned
+        else:
+            st.session_state.pop("diff_unrelated", None)
 report_tab, prompt_tab = st.tabs(["Diff report", "One prompt, both models"])
 with report_tab:
     report_section(pair)

@@ -1,5 +1,7 @@
-"""Circuit: the attribution graph (circuit-tracer, our per-layer transcoders) of a prompt's next token."""
+"""Circuit: the attribution graph (circuit-tracer, our per-layer transcoders) of a chosen target: by default the
+model's own answer digit after its reasoning; or any token; or the difference of two tokens' logits."""
 
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -8,7 +10,11 @@ import pandas as pd
 import streamlit as st
 
 from apps.common import (
+    answer_context,
     beside_model,
+    own_completion,
+    prompt_input,
+    DEFAULT_PROMPT,
     dir_stamp,
     guarded,
     guarded_load,
@@ -17,9 +23,11 @@ from apps.common import (
     picked_spec,
     shorten,
     valid_text,
+    visible,
 )
 
 EDGE_THRESHOLD = 0.98  # circuit-tracer's default share of edge influence kept
+LABELLED = 8  # features named on the plot (the most influential); hover shows every node
 COLOURS = {"feature": "#1f77b4", "error": "#7f7f7f", "embedding": "#2ca02c", "logit": "#d62728"}
 
 
@@ -33,18 +41,63 @@ def replacement(spec: str, tc_dir: str, stamp: int):
     return replacement_model(model, load_transcoders(tc_dir, model))
 
 
+TARGETS = ("the answer's digit", "a token you name", "a logit difference")
+
+
+def attribute_target(rm, text: str, target: tuple | None):
+    """:func:`workbench.circuits.attribute_prompt` with a chosen target: ``("token", id)`` explains that token's
+    logit, ``("diff", a, b)`` logit(a) - logit(b) (a custom unembedding direction); None: the salient logits."""
+    import time
+    import warnings
+
+    import torch
+    from circuit_tracer.attribution.attribute import attribute
+    from circuit_tracer.attribution.targets import CustomTarget
+    from circuit_tracer.graph import compute_graph_scores
+
+    from workbench.circuits import CircuitResult, attribute_prompt
+    from workbench.models.tokenizer import tokenize_prompts
+
+    from workbench.errors import WorkbenchError
+
+    if target is None or not isinstance(text, str) or not text:
+        return attribute_prompt(rm, text)  # which refuses an empty text with its own message
+    if not 0 <= target[1] < rm.cfg.d_vocab or (target[0] == "diff" and not 0 <= target[2] < rm.cfg.d_vocab):
+        raise WorkbenchError(f"target token ids {target[1:]} are outside the vocabulary")
+    tokens = tokenize_prompts(rm, [text])[0]
+    if target[0] == "token":
+        targets = torch.tensor([target[1]])
+    else:
+        _, a, b = target
+        name = f"logit({rm.tokenizer.decode([a])!r}) - logit({rm.tokenizer.decode([b])!r})"
+        w_u = rm.unembed.W_U if hasattr(rm.unembed, "W_U") else rm.W_U
+        targets = [CustomTarget(name, 1.0, (w_u[:, a] - w_u[:, b]).detach().clone())]
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        graph = attribute(tokens, rm, attribution_targets=targets, batch_size=256)
+    seconds = time.perf_counter() - start
+    replacement_score, completeness = compute_graph_scores(graph)
+    ids = tokens.tolist()
+    return CircuitResult(
+        graph=graph, prompt=text, tokens=ids, str_tokens=[rm.tokenizer.decode([t]) for t in ids],
+        replacement_score=replacement_score, completeness_score=completeness, seconds=seconds,
+        n_active_features=len(graph.active_features), n_feature_nodes=len(graph.selected_features),
+        top_token=graph.logit_targets[0].token_str, top_prob=float(graph.logit_probabilities[0]),
+        tokenizer=rm.tokenizer)
+
+
 @st.cache_resource(show_spinner=False, max_entries=32)
-def attribution(spec: str, tc_dir: str, stamp: int, prompt: str):
-    from workbench.circuits import attribute_prompt
-
-    return attribute_prompt(replacement(spec, tc_dir, stamp), prompt)
+def attribution(spec: str, tc_dir: str, stamp: int, prompt: str, target: tuple | None = None):
+    return attribute_target(replacement(spec, tc_dir, stamp), prompt, target)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def validation(spec: str, tc_dir: str, stamp: int, prompt: str, n: int) -> dict:
+def validation(spec: str, tc_dir: str, stamp: int, prompt: str, n: int, target: tuple | None = None) -> dict:
     from workbench.circuits import validate_by_intervention
 
-    return validate_by_intervention(replacement(spec, tc_dir, stamp), attribution(spec, tc_dir, stamp, prompt), n)
+    return validate_by_intervention(replacement(spec, tc_dir, stamp), attribution(spec, tc_dir, stamp, prompt, target),
+                                    n)
 
 
 def slug_of(prompt: str) -> str:
@@ -52,7 +105,8 @@ def slug_of(prompt: str) -> str:
 
 
 @st.cache_data(show_spinner="writing the graph file", max_entries=64)
-def graph_files(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold: float) -> tuple[bytes, bytes]:
+def graph_files(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold: float,
+                target: tuple | None = None) -> tuple[bytes, bytes]:
     """The graph JSON write_graph_json writes, and a zip of it with the index the frontend lists graphs from."""
     import io
     import zipfile
@@ -60,7 +114,7 @@ def graph_files(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold:
     from workbench.circuits import write_graph_json
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_graph_json(attribution(spec, tc_dir, stamp, prompt), tmp, slug_of(prompt), node_threshold)
+        path = write_graph_json(attribution(spec, tc_dir, stamp, prompt, target), tmp, slug_of(prompt), node_threshold)
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             for f in sorted(Path(tmp).iterdir()):
@@ -99,7 +153,8 @@ def labels_for(tc_dir: str, n_layers: int, problems: list | None = None) -> dict
 
 
 @st.cache_resource(show_spinner="laying out the graph", max_entries=64)
-def graph_view(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold: float, labels_key: tuple):
+def graph_view(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold: float, labels_key: tuple,
+               target: tuple | None = None):
     """The pruned graph as a plotly figure: x = position, y = layer (embeddings bottom, logits top). ``labels_key``
     (the layers with a dashboard and its stamp) only keys the cache, so a dashboard built later shows up."""
     import numpy as np
@@ -107,7 +162,7 @@ def graph_view(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold: 
     import torch
     from circuit_tracer.graph import compute_node_influence, prune_graph
 
-    result = attribution(spec, tc_dir, stamp, prompt)
+    result = attribution(spec, tc_dir, stamp, prompt, target)
     labels = labels_for(tc_dir, result.graph.cfg.n_layers)
     g = result.graph
     A = g.adjacency_matrix.cpu()
@@ -123,6 +178,7 @@ def graph_view(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold: 
     toks = result.str_tokens
 
     info = {}  # node -> (kind, y, pos, hover)
+    short = {}  # node -> its label on the plot (the most influential features and the target only)
     for i in kept:
         if i < n_feat:
             idx = int(g.selected_features[i])
@@ -132,6 +188,7 @@ def graph_view(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold: 
                      f"{float(g.activation_values[idx]):.3f}<br>influence {float(influence[i]):.4f}"
                      + (f"<br>label: {lab}" if lab else ""))
             info[i] = ("feature", layer + 1, pos, hover)
+            short[i] = f"L{layer} f{feat}" + (f": {shorten(str(lab), 24)}" if lab else "")
         elif i < err_end:
             layer, pos = divmod(i - n_feat, n_pos)
             hover = f"error node layer {layer}, pos {pos} {toks[pos]!r}<br>influence {float(influence[i]):.4f}"
@@ -144,18 +201,31 @@ def graph_view(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold: 
             t = g.logit_targets[k]
             info[i] = ("logit", n_layers + 1, n_pos - 1,
                        f"logit {t.token_str!r}<br>probability {float(g.logit_probabilities[k]):.3f}")
-    # Nodes sharing a (layer, position) cell spread across it, most influential in the middle.
+            short[i] = f"target {t.token_str!r}" if k == 0 else ""
+    # Nodes sharing a (layer, position) cell are laid out on a grid filling the cell (most influential first, in
+    # the middle row). A position's column is as wide as its most crowded cell needs (the last position, where the
+    # answer is computed, gets room for all of its nodes); a position with only its embedding is narrow.
     cells: dict[tuple, list] = {}
     for i, (_, y, pos, _) in info.items():
         cells.setdefault((y, pos), []).append(i)
+    grid = {key: max(1, math.ceil(math.sqrt(len(m) * 2.5))) for key, m in cells.items()}
+    width = [0.4] * n_pos
+    for (y, pos), cols in grid.items():
+        if y > 0:  # a feature, error or logit cell
+            width[pos] = max(width[pos], 1.0, 0.7 * cols)
+    left = [sum(width[:p]) for p in range(n_pos)]
+    centre = [left[p] + width[p] / 2 for p in range(n_pos)]
     xy = {}
     for (y, pos), members in cells.items():
         members.sort(key=lambda i: -float(influence[i]) if i < A.shape[0] - n_logits else i)
-        step = min(0.8 / len(members), 0.2)
-        offsets = sorted(((s - (len(members) - 1) / 2) * step for s in range(len(members))), key=abs)
-        crowded = len(members) > 6  # a crowded cell also spreads over three rows, so edges stay visible
-        for k, (i, dx) in enumerate(zip(members, offsets)):
-            xy[i] = (pos + dx, y + ((k + 1) % 3 - 1) * 0.12 * crowded)
+        cols = grid[(y, pos)]
+        rows = math.ceil(len(members) / cols)
+        row_order = sorted(range(rows), key=lambda r: abs(r - (rows - 1) / 2))
+        for j, i in enumerate(members):
+            r, c = row_order[j // cols], j % cols
+            dx = 0.0 if cols == 1 else (c / (cols - 1) - 0.5) * (width[pos] - 0.3)
+            dy = 0.0 if rows == 1 else (r / (rows - 1) - 0.5) * 0.7
+            xy[i] = (centre[pos] + dx, y + dy)
 
     fig = go.Figure()
     src_tgt = [(t, s) for t, s in edge_mask.nonzero().tolist() if t in xy and s in xy]
@@ -186,15 +256,65 @@ def graph_view(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold: 
             x=[xy[i][0] for i in nodes], y=[xy[i][1] for i in nodes], mode="markers", name=kind,
             marker=dict(size=size, color=colour, line=dict(width=1, color="white")),
             text=[info[i][3] for i in nodes], hovertemplate="%{text}<extra></extra>"))
+    named = sorted((i for i in info if info[i][0] in ("feature", "logit")),
+                   key=lambda i: -float(influence[i]) if info[i][0] == "feature" else -1e9)[:LABELLED + 1]
+    if named:
+        fig.add_trace(go.Scatter(x=[xy[i][0] for i in named], y=[xy[i][1] for i in named], mode="text",
+                                 text=[short[i] for i in named], textposition="top center", hoverinfo="skip",
+                                 showlegend=False, textfont=dict(size=10, color="#333")))
     fig.update_layout(
-        height=560, title=f"{len(info)} nodes, {len(src_tgt)} edges kept (node threshold {node_threshold:.2f}, "
+        height=max(560, 150 * (n_layers + 2)), title=f"{len(info)} nodes, {len(src_tgt)} edges kept (node threshold {node_threshold:.2f}, "
                           f"edge threshold {EDGE_THRESHOLD})",
-        xaxis=dict(tickmode="array", tickvals=list(range(n_pos)), ticktext=[f"{p}:{t}" for p, t in enumerate(toks)],
-                   title="position", range=[-0.6, n_pos - 0.4]),
+        xaxis=dict(tickmode="array", tickvals=centre, ticktext=[f"{p}:{t!r}"[:8] for p, t in enumerate(toks)],
+                   title="position:token (a column per position, wider where more nodes sit)",
+                   range=[-0.1, sum(width) + 0.1], showgrid=False),
         yaxis=dict(tickmode="array", tickvals=list(range(n_layers + 2)),
                    ticktext=["embed"] + [f"L{layer}" for layer in range(n_layers)] + ["logit"], title="layer"),
-        legend=dict(orientation="h"))
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
     return fig, len(info), len(src_tgt)
+
+
+def one_token(model, text: str) -> int | None:
+    """The token id of ``text`` if it is exactly one token, else None after an error saying why."""
+    from workbench.errors import WorkbenchError
+    from workbench.models.tokenizer import check_text
+
+    try:
+        check_text(model.tokenizer, text)
+    except WorkbenchError as e:
+        st.error(f"the target token is {e}")
+        return None
+    ids = model.tokenizer.encode(text, add_special_tokens=False) if text else []
+    if len(ids) != 1:
+        st.error(f"a target must be one token; {shorten(text, 20)!r} is {len(ids)} tokens")
+        return None
+    return ids[0]
+
+
+def answer_of(spec: str, model, prompt: str) -> tuple[str, str]:
+    """The text where the model's answer starts (its reasoning included) and the answer it then writes."""
+    from workbench.tasks.formats import ANSWER_MARK
+
+    context = answer_context(spec, model, prompt)
+    completion = own_completion(spec, model, prompt)
+    tail = completion.partition(ANSWER_MARK)[2] if context != prompt else completion
+    return context, tail.strip()
+
+
+def build_labels(spec: str, tc_dir: str, n: int) -> str:
+    """A dashboard per layer's transcoder (``layer_L/dashboard``): the feature labels the graph shows."""
+    from apps.common import load
+    from workbench.cli_sae import labelled_texts
+    from workbench.dashboards import build_dashboards
+    from workbench.saes import load_sae
+
+    model = load(spec)
+    texts, problems = labelled_texts(spec, n, "test", 1)
+    layers = sorted(int(d.name.split("_")[1]) for d in Path(tc_dir).glob("layer_*") if d.name.split("_")[1].isdigit())
+    for layer in layers:
+        d = Path(tc_dir) / f"layer_{layer}"
+        build_dashboards(model, load_sae(str(d), model).sae, texts, problems, d / "dashboard", progress=False)
+    return f"Labelled the features of {len(layers)} layers on {len(texts)} texts."
 
 
 st.title("Circuit")
@@ -203,11 +323,48 @@ spec = picked_spec("circuit_model")
 if model is not None:
     tc_dir = st.text_input("Transcoder directory (layer_0 ... layer_L, one per layer)",
                            beside_model(spec, "transcoders"), key=f"circuit_tc_dir:{spec}")  # one per model
-    prompt = st.text_input("Prompt", "36+59=")
+    prompt = prompt_input("Prompt", DEFAULT_PROMPT, key="circuit_prompt")
+    kind = st.radio("Explain", TARGETS, horizontal=True, key="circuit_target")
     c1, c2 = st.columns(2)
     node_threshold = c1.slider("Node threshold (share of influence kept)", 0.5, 0.99, 0.8, 0.01)
     n_top = int(c2.number_input("Top features", 1, 100, 10))
     ok = valid_text(model, prompt)
+    text, target, what = prompt, None, ""
+    if ok and kind == TARGETS[0]:
+        context, answer = answer_of(spec, model, prompt)
+        if answer.isdigit():
+            names = [f"{d} (digit {j + 1} of {answer})" for j, d in enumerate(answer)]
+            j = names.index(st.selectbox("Answer digit", names, key=f"circuit_digit:{spec}:{prompt}"))
+            text = context + answer[:j]
+            tid = one_token(model, answer[j])
+            target = None if tid is None else ("token", tid)
+            what = (f"the model's own answer digit {answer[j]!r} (digit {j + 1} of its answer {answer}), on the prompt "
+                    + ("with its reasoning and " if context != prompt else "")
+                    + (f"the digits before it: {text!r}" if j else f"{text!r}"))
+            ok = tid is not None and valid_text(model, text)
+        else:
+            st.info(f"The model writes no answer after {shorten(prompt)} ({shorten(answer) or 'nothing'}): "
+                    "explaining its next token instead.")
+    elif ok:
+        text = st.text_input("Text (the graph explains the token after it)", answer_of(spec, model, prompt)[0],
+                             key=f"circuit_text:{spec}")
+        ok = valid_text(model, text)
+        if kind == TARGETS[1]:
+            tok = st.text_input("Target token", answer_of(spec, model, prompt)[1][:1] or "0", key="circuit_token")
+            tid = one_token(model, tok) if ok else None
+            target = None if tid is None else ("token", tid)
+            what = f"the logit of {tok!r} after {text!r}"
+        else:
+            a1, a2 = st.columns(2)
+            first = answer_of(spec, model, prompt)[1][:1] or "0"
+            tok_a = a1.text_input("Token a", first, key="circuit_token_a")
+            tok_b = a2.text_input("Token b (logit(a) - logit(b) is explained)",
+                                  str((int(first) + 1) % 10) if first.isdigit() else "1", key="circuit_token_b")
+            ia = one_token(model, tok_a) if ok else None
+            ib = one_token(model, tok_b) if ok and ia is not None else None
+            target = None if ia is None or ib is None else ("diff", ia, ib)
+            what = f"logit({tok_a!r}) - logit({tok_b!r}) after {text!r}"
+        ok = ok and target is not None
     if not tc_dir or not is_dir(tc_dir):
         st.info(f"No transcoders at {shorten(tc_dir) or '(empty)'}. Train one per layer with `workbench sae train "
                 f"{spec} --transcoder --out DIR` and type DIR here.")
@@ -216,13 +373,17 @@ if model is not None:
         rm = guarded_load(replacement, spec, tc_dir, stamp, what="a loadable set of transcoders (layer_0 ... layer_L)")
         result = None
         if rm is not None:
-            with st.spinner("attributing (one backward pass per active feature batch)"):
-                result = guarded(attribution, spec, tc_dir, stamp, prompt)
+            with st.spinner("attributing (one backward pass per batch of active features; a few seconds)"):
+                result = guarded(attribution, spec, tc_dir, stamp, text, target)
         if result is not None:
+            if what:
+                st.markdown(f"Explaining {what}.")
             m1, m2, m3, m4 = st.columns(4)
             m1.metric("Replacement score", f"{result.replacement_score:.3f}")
             m2.metric("Completeness score", f"{result.completeness_score:.3f}")
-            m3.metric("Top token", repr(result.top_token), f"p = {result.top_prob:.3f}", delta_color="off")
+            m3.metric("Top token" if target is None else "Target", repr(result.top_token),
+                      f"p = {result.top_prob:.3f}" if target is None or target[0] == "token" else "weight 1",
+                      delta_color="off")
             m4.metric("Feature nodes", f"{result.n_feature_nodes}", f"{result.seconds:.2f} s", delta_color="off")
 
             broken: list[str] = []
@@ -231,10 +392,25 @@ if model is not None:
                 st.warning("Feature labels left out, unreadable dashboards: " + "; ".join(broken))
             labels_key = tuple(sorted((layer, dir_stamp(str(Path(tc_dir) / f"layer_{layer}" / "dashboard")))
                                       for layer in labels))
-            fig, n_nodes, n_edges = graph_view(spec, tc_dir, stamp, prompt, float(node_threshold), labels_key)
+            fig, n_nodes, n_edges = graph_view(spec, tc_dir, stamp, text, float(node_threshold), labels_key, target)
             st.plotly_chart(fig, width="stretch")
-            st.caption("Blue edges excite, red inhibit; width ~ |weight|. Node size ~ influence on the logits. "
-                       "Hover a node for its details.")
+            st.caption("x: position (token), y: layer; nodes in one cell are spread over it. Blue edges excite, red "
+                       f"inhibit; width ~ |weight|; node size ~ influence on the target. The {LABELLED} most "
+                       "influential features are named; hover any node for its details.")
+            missing = [layer for layer in range(model.cfg.n_layers) if layer not in labels]
+            if missing:
+                st.info(f"No feature labels for layer(s) {', '.join(map(str, missing))}: a label comes from the "
+                        "feature's dashboard (the task variable it tracks best). Build them here, or on the "
+                        "Features page.")
+                n_texts = int(st.number_input("Texts to label the features on", 50, 5000, 300, step=50))
+                if st.button(f"Label the features (a dashboard for each layer, {n_texts} texts)"):
+                    with st.spinner("building a dashboard for each layer's transcoder"):
+                        said = guarded(build_labels, spec, tc_dir, n_texts)
+                    if said:
+                        st.session_state["circuit_labelled"] = said
+                        st.rerun()
+            if said := st.session_state.pop("circuit_labelled", None):
+                st.success(said)
 
             from workbench.circuits import top_features
 
@@ -242,14 +418,27 @@ if model is not None:
             if rows:
                 table = pd.DataFrame(rows)
                 table["label"] = [label_of(labels, r["layer"], r["feature"]) for r in rows]
+                table["label"] = table["label"].where(table["label"].notna(), None)
+                table["token"] = [visible(t) for t in table["token"]]
                 st.subheader("Top features")
-                st.dataframe(table[["layer", "pos", "token", "feature", "label", "activation", "influence", "direct",
-                                    "total"]], hide_index=True, width="stretch")
+                event = st.dataframe(table[["layer", "pos", "token", "feature", "label", "activation", "influence",
+                                            "direct", "total"]], hide_index=True, width="stretch",
+                                     on_select="rerun", selection_mode="single-row", key="circuit_table")
+                picked = list(getattr(getattr(event, "selection", None), "rows", []) or [])
+                if picked and picked[0] < len(rows):
+                    r = rows[picked[0]]
+                    st.page_link("pages/features.py", label=f"Open feature {r['feature']} of layer {r['layer']} on "
+                                 "the Features page", icon=":material/open_in_new:",
+                                 query_params={"model": spec, "layer": str(r["layer"]), "feature": str(r["feature"])})
+                else:
+                    st.caption("Click a row to open that feature's dashboard on the Features page.")
 
-            key = (spec, tc_dir, stamp, prompt, n_top)
-            if st.button("Validate by intervention") or st.session_state.get("circuit_validated") == key:
+            key = (spec, tc_dir, stamp, text, n_top, target)
+            if target is not None and target[0] == "diff":
+                st.caption("Validation by intervention measures one token's logit: explain a token to validate.")
+            elif st.button("Validate by intervention") or st.session_state.get("circuit_validated") == key:
                 with st.spinner(f"zeroing each of the top {n_top} features"):
-                    check = guarded(validation, spec, tc_dir, stamp, prompt, n_top)
+                    check = guarded(validation, spec, tc_dir, stamp, text, n_top, target)
                 if check is not None:
                     st.session_state["circuit_validated"] = key
                     rho = check["spearman"]
@@ -261,12 +450,16 @@ if model is not None:
                         ["layer", "pos", "token", "feature", "predicted_total", "measured_total", "predicted_direct",
                          "measured_direct", "indirect"]], hide_index=True, width="stretch")
 
-            files = guarded(graph_files, spec, tc_dir, stamp, prompt, float(node_threshold))
+            try:
+                files = guarded(graph_files, spec, tc_dir, stamp, text, float(node_threshold), target)
+            except Exception as e:  # noqa: BLE001 - the export of a custom target is circuit-tracer's
+                files = None
+                st.caption(f"No graph file for this target ({type(e).__name__}).")
             if files is not None:
                 d1, d2 = st.columns(2)
-                d1.download_button("Download graph JSON", files[0], file_name=f"{slug_of(prompt)}.json",
+                d1.download_button("Download graph JSON", files[0], file_name=f"{slug_of(text)}.json",
                                    mime="application/json")
-                d2.download_button("Download graph + index (zip)", files[1], file_name=f"{slug_of(prompt)}.zip",
+                d2.download_button("Download graph + index (zip)", files[1], file_name=f"{slug_of(text)}.zip",
                                    mime="application/zip")
                 st.caption("To open it in circuit-tracer's frontend: unzip into DIR (the JSON plus graph-metadata.json), "
                            "then `workbench circuit-serve DIR`, or in Python `from circuit_tracer.frontend.local_server "

@@ -1,6 +1,7 @@
 """Features: an SAE's (or transcoder's) feature dashboards, and the features active on a prompt."""
 
 import html
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,10 @@ import streamlit as st
 
 from apps.common import (
     beside_model,
+    prompt_input,
+    share,
+    shared,
+    shared_layer,
     dir_stamp,
     exists,
     guarded,
@@ -16,6 +21,7 @@ from apps.common import (
     is_file,
     pick_model,
     picked_spec,
+    seed,
     shorten,
     valid_text,
 )
@@ -33,14 +39,21 @@ def sae_for(spec: str, sae_dir: str, stamp: int):
 
 
 def build(spec: str, sae_dir: str, stamp: int, out_dir: str, n: int) -> str:
-    """Not cached: it writes files (a rebuild after deleting them must run); reading them back is."""
+    """Not cached: it writes files (a rebuild after deleting them must run); reading them back is. Returns what
+    was built, and why on fewer texts than asked."""
     from apps.common import load
     from workbench.cli_sae import labelled_texts
     from workbench.dashboards import build_dashboards
 
     texts, problems = labelled_texts(spec, n, "test", 1)
-    return str(build_dashboards(load(spec), sae_for(spec, sae_dir, stamp).sae, texts, problems, out_dir,
-                                progress=False))
+    build_dashboards(load(spec), sae_for(spec, sae_dir, stamp).sae, texts, problems, out_dir, progress=False)
+    said = f"Built the dashboard in {shorten(out_dir)} on {len(texts)} texts"
+    if len(texts) < n:
+        cols = len(problems[0].columns) if problems else 0
+        said += (f" of the {n} asked: feature labels are task variables (a carry, a digit of a column), which need "
+                 f"problems with one number of columns, so only the texts of the commonest width ({cols} columns) "
+                 f"were kept and the other {n - len(texts)} left out.")
+    return said + ("" if said.endswith(".") else ".")
 
 
 @st.cache_data(show_spinner="reading the dashboard", max_entries=8)
@@ -74,8 +87,11 @@ st.title("Features")
 model = pick_model(key="feat_model")
 spec = picked_spec("feat_model")
 if model is not None:
+    layer0 = shared_layer(model.cfg.n_layers, 0)
     sae_dir = st.text_input("SAE directory (SAELens format; a transcoder's layer_L works too)",
-                            beside_model(spec, "transcoders", "layer_0"), key=f"feat_sae_dir:{spec}")
+                            beside_model(spec, "transcoders", f"layer_{layer0}"), key=f"feat_sae_dir:{spec}")
+    if m := re.search(r"layer_(\d+)/?$", sae_dir or ""):
+        share("layer", int(m[1]))
     if not sae_dir or not exists(sae_dir):
         st.info(f"No SAE at {shorten(sae_dir) or '(empty)'}. Train one with `workbench sae train {spec} --hook "
                 f"blocks.0.hook_resid_post --out DIR` (or transcoders for every layer with `--transcoder`) and type "
@@ -95,8 +111,13 @@ if model is not None:
                 n = int(st.number_input("Texts to scan", 20, 5000, 500, step=100))
                 if st.button(f"Build dashboard ({n} texts)"):
                     with st.spinner(f"building the dashboard on {n} texts"):
-                        guarded(build, spec, sae_dir, stamp, dash_dir, n)
+                        said = guarded(build, spec, sae_dir, stamp, dash_dir, n)
+                    if said is not None:
+                        st.session_state["feat_built"] = said
+                        st.rerun()  # the page again, with the dashboard it now finds
             if is_file(str(Path(dash_dir) / "dashboard.json")):
+                if said := st.session_state.pop("feat_built", None):
+                    st.success(said)
                 dash = guarded_load(dashboard, dash_dir, dir_stamp(dash_dir), what="a readable dashboard")
 
             if dash is not None:
@@ -116,13 +137,29 @@ if model is not None:
                 if hide_dead:
                     shown = shown[~shown["dead"]]
                 shown = shown.sort_values("label_auroc", ascending=False, na_position="last")
-                st.dataframe(shown[["id", "label", "label_auroc", "density", "max_act", "dead"]], hide_index=True,
-                             width="stretch", height=280)
-                st.caption(f"{len(shown)} of {len(table)} features shown; click a column header to sort.")
+                event = st.dataframe(shown[["id", "label", "label_auroc", "density", "max_act", "dead"]],
+                                     hide_index=True, width="stretch", height=280, on_select="rerun",
+                                     selection_mode="single-row", key="feat_table")
+                st.caption(f"{len(shown)} of {len(table)} features shown; click a row to open its feature, a column "
+                           "header to sort.")
 
                 live = table[~table["dead"]].sort_values("label_auroc", ascending=False, na_position="last")
                 first = int(live["id"].iloc[0]) if len(live) else 0
-                fid = int(st.number_input(f"Feature (0..{len(table) - 1})", 0, len(table) - 1, first))
+                clicked = list(getattr(getattr(event, "selection", None), "rows", []) or [])
+                if clicked and clicked[0] < len(shown):
+                    chosen = int(shown["id"].iloc[clicked[0]])
+                    if st.session_state.get("feat_clicked") != chosen:  # a new click picks the feature
+                        st.session_state["feat_clicked"] = chosen
+                        st.session_state["feat_id"] = chosen
+                if st.session_state.get("feat_id", 0) >= len(table):  # another SAE with fewer features
+                    st.session_state.pop("feat_id")
+                try:
+                    linked = int(shared("feature"))  # a feature another page (a circuit node) opened
+                except (TypeError, ValueError):
+                    linked = -1
+                seed("feat_id", linked if 0 <= linked < len(table) else first)
+                fid = int(st.number_input(f"Feature (0..{len(table) - 1})", 0, len(table) - 1, key="feat_id"))
+                share("feature", fid)
                 f = dash.feature(fid)
                 st.subheader(f"Feature {fid}" + (f": {f['label']} (AUROC {f['label_auroc']:.3f})" if f["label"] else ""))
                 st.write(f"density {f['density']:.4f}, mean activation {f['mean_act']:.3f}, "
@@ -153,7 +190,7 @@ if model is not None:
                         st.dataframe(pd.DataFrame(f["top_labels"]), hide_index=True, width="stretch")
 
             st.subheader("Active on this prompt")
-            prompt = st.text_input("Prompt", "36+59=")
+            prompt = prompt_input("Prompt", "36+59=", key="feat_prompt")
             if valid_text(model, prompt):
                 got = guarded(active, spec, sae_dir, stamp, prompt)
                 if got is not None:
@@ -171,8 +208,10 @@ if model is not None:
                     if not picked:
                         st.write("No feature fires on this prompt.")
                     else:
-                        st.plotly_chart(heatmap_figure(acts[:, picked].T, [name(i) for i in picked], tokens,
-                                                       f"top {TOP_PER_TOKEN} features per token"), width="stretch")
+                        fig = heatmap_figure(acts[:, picked].T, [name(i) for i in picked], tokens,
+                                             f"top {TOP_PER_TOKEN} features per token", colorbar="activation")
+                        fig.update_layout(xaxis_title="position:token", yaxis_title="feature (and its label)")
+                        st.plotly_chart(fig, width="stretch")
                         rows = [{"position": int(p), "token": tok,
                                  "features": ", ".join(f"{name(int(i))} ({acts[r, i]:.2f})" for i in top[r] if acts[r, i] > 0)}
                                 for r, (p, tok) in enumerate(zip(positions, tokens))]

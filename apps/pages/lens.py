@@ -3,11 +3,25 @@
 import numpy as np
 import streamlit as st
 
-from apps.common import guarded, guarded_load, is_dir, pick_model, shorten, valid_text
+from apps.common import (
+    DEFAULT_TEXT,
+    answer_context,
+    guarded,
+    guarded_load,
+    is_dir,
+    pick_model,
+    picked_spec,
+    prompt_input,
+    seed,
+    shorten,
+    valid_text,
+)
 from workbench.errors import WorkbenchError
 from workbench.figures import heatmap_figure
 from workbench.lens import logit_lens
 from workbench.models.tokenizer import check_text
+from workbench.tasks.formats import ANSWER_MARK
+from workbench.tasks.parse import parse_prompt
 
 
 def target_ids(model, target: str) -> list[int] | None:
@@ -24,10 +38,35 @@ def target_ids(model, target: str) -> list[int] | None:
     return ids
 
 
+def first_answer_digit(text: str) -> str:
+    """The true sum's first digit when ``text`` ends where the answer starts, else '' (the top-1 token)."""
+    parsed = parse_prompt(text)
+    return str(parsed.problem.total)[0] if parsed.problem is not None and text.endswith(ANSWER_MARK) else ""
+
+
+def finding(readout, labels: list[str], target: str) -> str:
+    """One sentence from the last position's ranks: where the target becomes the top token."""
+    ranks = [int(r) for r in readout.target_rank[:, -1]]
+    probs = readout.target_prob[:, -1].tolist()
+    top = [i for i, r in enumerate(ranks) if r == 0]
+    if not top:
+        best = int(np.argmin(ranks))
+        return (f"At the last position the lens never ranks {target!r} first: its best rank is {ranks[best] + 1} "
+                f"at {labels[best]}.")
+    first = top[0]
+    stays = all(r == 0 for r in ranks[first:])
+    return (f"At the last position {target!r} becomes the lens's top token at {labels[first]} (P = {probs[first]:.2f})"
+            + (" and stays on top to the output." if stays else ", then loses the top rank again.")
+            + (" It is readable before the last layer: the answer is there early." if first < len(ranks) - 1 else ""))
+
+
 st.title("Lens")
 model = pick_model(key="lens_model")
-prompt = st.text_input("Prompt", "36+59= 6+9+0=15 3+5+1=09 ans ")
-target = st.text_input("Target token (one character for the organisms)", "9")
+spec = picked_spec("lens_model")
+derive = (lambda p: answer_context(spec, model, p)) if model is not None else None
+prompt = prompt_input("Prompt", DEFAULT_TEXT, key="lens_prompt", derive=derive)
+seed("lens_target", first_answer_digit(prompt) or "9")
+target = st.text_input("Target token (one character for the organisms; empty: the top-1 token)", key="lens_target")
 tuned_dir = st.text_input("Tuned lens directory (empty: logit lens)", "")
 if model is not None and valid_text(model, prompt):
     ids = target_ids(model, target)
@@ -48,8 +87,16 @@ if model is not None and valid_text(model, prompt):
             tokens = model.to_str_tokens(prompt)
             top = np.array([[model.to_string(int(t)) for t in row] for row in readout.top_tokens[:, :, 0]], dtype=object)
             values = readout.target_prob.numpy() if readout.target_prob is not None else readout.top_probs[:, :, 0].numpy()
-            st.plotly_chart(heatmap_figure(values, readout.labels, tokens, f"P({target!r})" if ids else "top-1 probability",
-                                           text=top), width="stretch")
+            what = f"P({target!r})" if ids else "top-1 probability"
+            fig = heatmap_figure(values, readout.labels, tokens, f"{'tuned' if tuned_dir else 'logit'} lens: {what}",
+                                 colorbar=what, text=top)
+            fig.update_traces(zmin=0, zmax=1)
+            fig.update_layout(xaxis_title="position:token (the prediction made there is for the next token)",
+                              yaxis_title="layer (residual stream read by the lens)")
             if readout.target_rank is not None:
-                st.caption("Rank of the target at the last position, by layer: " +
-                           ", ".join(f"{lab} {int(r)}" for lab, r in zip(readout.labels, readout.target_rank[:, -1])))
+                st.markdown(finding(readout, list(readout.labels), target))
+            st.plotly_chart(fig, width="stretch")
+            st.caption("Hover a cell for the lens's top token there.")
+            if readout.target_rank is not None:
+                st.caption("Rank of the target at the last position, by layer (1 = top): " +
+                           ", ".join(f"{lab} {int(r) + 1}" for lab, r in zip(readout.labels, readout.target_rank[:, -1])))

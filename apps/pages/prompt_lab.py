@@ -1,31 +1,86 @@
-"""Prompt lab: tokens, the generated reasoning and answer, per-token probabilities; two models side by side."""
+"""Prompt lab: tokens, the generated reasoning and its parsed answer (right or wrong), per-token probabilities;
+two models side by side."""
+
+import html
 
 import pandas as pd
 import streamlit as st
 import torch
 
-from apps.common import guarded, pick_model
-from workbench.generation import complete
+from apps.common import (
+    DEFAULT_PROMPT,
+    budget,
+    completion_of,
+    guarded,
+    model_stamp,
+    pick_model,
+    picked_spec,
+    prompt_input,
+    visible,
+)
+from workbench.diff_view import read_answer
 from workbench.models.tokenizer import tokenize_prompts
+from workbench.tasks.parse import parse_prompt
+
+
+
+def token_strip(tokens: list[str], n_prompt: int) -> str:
+    """The tokens as boxes, spaces shown as '␣': the prompt's grey, the generated ones blue."""
+    spans = []
+    for i, tok in enumerate(tokens):
+        colour = "#e8e8e8" if i < n_prompt else "#cfe3ff"
+        spans.append(f'<span title="position {i}" style="background:{colour};border:1px solid #bbb;border-radius:3px;'
+                     f'padding:1px 3px;margin:1px;font-family:monospace;white-space:pre">{html.escape(visible(tok))}</span>')
+    return "".join(spans)
+
+
+def answer_line(prompt: str, completion: str) -> str:
+    """The parsed answer with a right/wrong mark against the true sum (and what it is: the hint, another number)."""
+    got = read_answer(prompt, completion)
+    problem = parse_prompt(prompt).problem
+    if got.answer is None:
+        return f"**Answer: none** -- {got.reads}"
+    if problem is None:
+        return f"**Answer: {got.answer}** ({got.reads})"
+    if got.answer == problem.total:
+        return f"**Answer: {got.answer}** :green[✓ right] ({got.reads})"
+    return f"**Answer: {got.answer}** :red[✗ wrong]: {got.reads}; the true sum is {problem.total}"
+
 
 st.title("Prompt lab")
-prompt = st.text_input("Prompt", "36+59=")
+prompt = prompt_input("Prompt", DEFAULT_PROMPT, key="lab_prompt")
 compare = st.checkbox("Compare with a second model")
 cols = st.columns(2 if compare else 1)
 for k, col in enumerate(cols):
     with col:
-        model = pick_model(key=f"lab_model_{k}", default="adder-cot-faithful" if k == 0 else "adder-cot-posthoc")
+        key = f"lab_model_{k}"
+        model = pick_model(key=key, default="adder-cot-faithful" if k == 0 else "adder-cot-posthoc",
+                           shared_model=k == 0)
         if model is None:
             continue
-        toks = guarded(tokenize_prompts, model, [prompt], 32)
+        toks = guarded(tokenize_prompts, model, [prompt], 1)  # room for at least one new token
         if toks is None:
             continue
-        completion = complete(model, [prompt], max_new_tokens=32)[0]
-        st.code(prompt + completion)
+        spec = picked_spec(key)
+        n_new = budget(model, prompt)
+        completion = completion_of(spec, model_stamp(spec), prompt, n_new)
+        st.markdown(answer_line(prompt, completion))
+        st.code(prompt + completion, language=None)
         full = model.to_tokens(prompt + completion)
+        n_prompt = len(toks[0])
+        if full.shape[1] - n_prompt >= n_new:
+            st.caption(f"Stopped after {n_new} new tokens, where the context ({model.cfg.n_ctx} tokens) ends, "
+                       "without an end-of-text token.")
+        else:
+            st.caption(f"{full.shape[1] - n_prompt} new tokens, then end-of-text (up to {n_new} were allowed: what "
+                       f"the {model.cfg.n_ctx}-token context leaves).")
+        tokens = [model.to_string(full[0, i]) for i in range(full.shape[1])]
+        st.markdown(token_strip(tokens, n_prompt), unsafe_allow_html=True)
         with torch.no_grad():
             probs = model(full).softmax(-1)[0]
-        n_prompt = len(toks[0])
-        rows = [{"position": i, "token": model.to_string(full[0, i]), "p(token)": float(probs[i - 1, full[0, i]]),
-                 "generated": i >= n_prompt} for i in range(1, full.shape[1])]
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        rows = [{"position": i, "token": visible(tokens[i]), "part": "generated" if i >= n_prompt else "prompt",
+                 "p(token)": round(float(probs[i - 1, full[0, i]]), 4)} for i in range(1, full.shape[1])]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=300,
+                     column_config={"p(token)": st.column_config.NumberColumn(format="%.4f")})
+        st.caption("p(token): the probability the model gave each token at the position before it ('␣' is a "
+                   "space); the organisms are trained on completions only, so a prompt token's is not a prediction.")

@@ -9,12 +9,15 @@ from streamlit.testing.v1 import AppTest
 
 EXPLORER = str(Path(__file__).resolve().parents[2] / "apps" / "explorer.py")
 
-PAGES = ["pages/prompt_lab.py", "pages/lens.py", "pages/attention.py", "pages/probes.py", "pages/patching.py",
-         "pages/faithfulness.py", "pages/features.py", "pages/circuit.py"]
+PAGES = ["pages/stated_vs_internal.py", "pages/prompt_lab.py", "pages/lens.py", "pages/attention.py",
+         "pages/probes.py", "pages/patching.py", "pages/faithfulness.py", "pages/features.py", "pages/circuit.py"]
 
 
-def _app(page: str) -> AppTest:
+def _app(page: str, **link) -> AppTest:
+    """The explorer opened on its default page (or a link's query string), then switched to ``page``."""
     at = AppTest.from_file(EXPLORER, default_timeout=180)
+    for name, value in link.items():
+        at.query_params[name] = value
     at.run()
     if page != PAGES[0]:
         at.switch_page(page)
@@ -31,7 +34,7 @@ def test_page_runs_with_defaults(page):
 
 
 def test_prompt_lab_shows_the_organisms_reasoning():
-    at = _app(PAGES[0])
+    at = _app("pages/prompt_lab.py", model="adder-cot-faithful", prompt="36+59=")
     assert at.code[0].value == "36+59= 6+9+0=15 3+5+1=09 ans 95"
     assert len(at.dataframe) == 1
 
@@ -59,7 +62,7 @@ def test_faithfulness_page_opens_a_missing_study_with_an_error():
 
 
 def test_faithfulness_page_runs_the_suite():
-    at = _app("pages/faithfulness.py")
+    at = _app("pages/faithfulness.py", model="adder-cot-faithful")
     at.number_input[0].set_value(40).run()
     at.multiselect[0].set_value(["early", "mistakes", "hint"]).run()
     at.button[0].click().run()
@@ -145,7 +148,7 @@ def test_a_wrong_directory_shows_the_librarys_refusal(saved, page, field, sub, e
 
 
 def test_features_page_builds_a_dashboard_and_browses_it(saved):
-    at = _app("pages/features.py")
+    at = _app("pages/features.py", prompt="36+59=")
     at.session_state["feat_sae_dir:adder-direct"] = str(saved / "sae")  # the dir input is per model: set it first
     at.selectbox(key="feat_model").set_value("adder-direct").run()
     assert _widget(at.text_input, "SAE directory").value == str(saved / "sae")
@@ -177,7 +180,7 @@ def test_features_page_builds_a_dashboard_and_browses_it(saved):
 
 
 def test_circuit_page_draws_validates_and_exports_the_graph(saved):
-    at = _app("pages/circuit.py")
+    at = _app("pages/circuit.py", prompt="36+59=")
     at.session_state["circuit_tc_dir:adder-direct"] = str(saved / "tc")  # not the shipped transcoders, if any
     at.selectbox(key="circuit_model").set_value("adder-direct").run()
     assert _widget(at.text_input, "Transcoder directory").value == str(saved / "tc")
@@ -185,7 +188,7 @@ def test_circuit_page_draws_validates_and_exports_the_graph(saved):
     assert not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
     assert 0 <= float(metrics["Replacement score"]) <= 1 and 0 <= float(metrics["Completeness score"]) <= 1
-    assert metrics["Top token"] == "'9'"  # adder-direct answers 36+59= with 95
+    assert metrics["Target"] == "'9'"  # adder-direct answers 36+59= with 95: its first digit is explained
 
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     kinds = {t["name"]: t for t in spec["data"] if t.get("mode") == "markers"}

@@ -2,9 +2,12 @@
 
 Starts ``streamlit run apps/explorer.py`` on a free localhost port, opens it, visits every page listed in the
 sidebar navigation (so new pages are covered without editing this file), waits for each to finish running,
-checks that no exception or error is shown on the default inputs, and saves a screenshot per page. One
-interaction (a new prompt on the Prompt lab) is timed too. Timings go to ``timings.json`` beside the screenshots;
-the directory is ``$WORKBENCH_SCREENSHOTS`` (default: the test's tmp_path).
+checks that no exception or error is shown on the default inputs, and saves a screenshot per page. Then it checks
+what a researcher reads off the pages: on "Stated vs internal" (the first page) a stated-vs-internal mark and a
+verdict (a saved study's, or a quick one run from the page); on Probes a sentence computed from the numbers; on
+Patching the post-hoc CoT stated as the finding; on the Prompt lab, opened by a link to adder-cot-faithful and
+``478+256=``, the answer 734 marked right; and a new prompt typed there. Timings go to ``timings.json`` beside the
+screenshots; the directory is ``$WORKBENCH_SCREENSHOTS`` (default: the test's tmp_path).
 
 ``.ci/run`` installs chromium and chromedriver; without them (or without selenium) the test is skipped.
 """
@@ -35,6 +38,7 @@ PAGE_TIMEOUT = 180  # seconds for one page (the first loads the organism; Probes
 QUIET = 1.5  # seconds the page must stay idle (see BUSY) to count as finished
 MAX_SHOT_HEIGHT = 3000  # screenshots show the whole page up to this many pixels
 NEW_PROMPT = "47+85="
+LINK = "prompt_lab?model=adder-cot-faithful&prompt=478%2B256%3D"  # the Prompt lab on a shared view
 
 MISSING = "chromium and chromedriver are needed (.ci/run installs them: apt-get install chromium chromium-driver)"
 
@@ -196,6 +200,26 @@ def save_page(driver, path: Path) -> None:
             driver.set_window_size(*WINDOW)
 
 
+def main_text(driver) -> str:
+    """What the main area shows, as text."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        return driver.find_element("css selector", '[data-testid="stMain"]').text
+    except WebDriverException:
+        return ""
+
+
+def click_button(driver, label: str) -> bool:
+    """Click the first button whose text starts with ``label``; False when there is none."""
+    for b in driver.find_elements("css selector", '[data-testid="stButton"] button'):
+        if b.text.strip().startswith(label):
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", b)
+            b.click()
+            return True
+    return False
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "page"
 
@@ -249,18 +273,64 @@ def test_every_page_renders_in_a_real_browser(server, browser, out_dir, capsys):
                 problems[name] = [str(e)]
                 save_page(driver, out_dir / f"{slug(name)}.png")
                 continue
-            assert driver.current_url.rstrip("/") == href.rstrip("/"), (name, driver.current_url, href)
+            here = driver.current_url.split("?")[0].rstrip("/")
+            assert here == href.split("?")[0].rstrip("/"), (name, driver.current_url, href)
             record(name, seconds, title)
+            if name != "Alignment diff":  # every page that shows the shared model keeps it in its link
+                timings.setdefault("links", {})[name] = driver.current_url.split("?", 1)[-1] if "?" in \
+                    driver.current_url else ""
+                if "model=" not in driver.current_url:
+                    problems.setdefault(f"{name} (link)", []).append(f"no model in the URL {driver.current_url}")
 
-        # One interaction: a new prompt on the default page (Prompt lab), Enter, until its completion shows.
-        link = next(a for a in driver.find_elements("css selector", '[data-testid="stSidebarNavLink"]')
-                    if a.text.strip() == default)
-        previous = title
-        link.click()
-        wait_rendered(driver, time.perf_counter(), not_title=previous)
+        def check(page: str, what: str, ok: bool, shown: str) -> None:
+            timings.setdefault("checks", []).append({"page": page, "check": what, "ok": ok})
+            if not ok:
+                problems.setdefault(f"{page} (check)", []).append(f"{what}; shown: {shown[:800]}")
+
+        # What a researcher checks on the first page: a mark per stated value and the verdict.
+        stated_page = next((name for name, _ in links if name == "Stated vs internal"), None)
+        if stated_page is not None:
+            driver.get(url + "/")
+            wait_rendered(driver, time.perf_counter())
+            text = main_text(driver)
+            check(stated_page, "a stated value marked (used when intervened on, ✓ or ✗)",
+                  "Used when intervened on" in text and ("✗" in text or "✓" in text), text)
+            if "Verdict:" not in text and click_button(driver, "Run a quick study"):
+                t0 = time.perf_counter()
+                seconds, _ = wait_rendered(driver, t0, until=lambda d: "Verdict:" in main_text(d))
+                timings["interactions"].append({"page": stated_page, "action": "run a quick study",
+                                                "render_s": round(seconds, 2)})
+                save_page(driver, out_dir / f"{slug(stated_page)}.png")
+                text = main_text(driver)
+            check(stated_page, "a verdict with its evidence", "Verdict:" in text and "[" in text, text)
+
+        # Probes: the result in a sentence; Patching: the post-hoc CoT as the finding.
+        posthoc = "?model=adder-cot-posthoc&prompt=478%2B256%3D"  # a fresh session opened by a link
+        for name, expected in (("Probes", ("is decodable at", "noise floor")),
+                               ("Patching", ("The CoT is ignored: patching it restores nothing",))):
+            href = next((h for n, h in links if n == name), None)
+            if href is None:
+                continue
+            driver.get(href.split("?")[0] + posthoc)
+            wait_rendered(driver, time.perf_counter())
+            text = main_text(driver)
+            check(name, "the finding in words: " + " ... ".join(expected), all(e in text for e in expected), text)
+
+        # A link to the Prompt lab on adder-cot-faithful and 478+256=: the answer 734, marked right.
+        t0 = time.perf_counter()
+        driver.get(f"{url}/{LINK}")
+        seconds, _ = wait_rendered(driver, t0, until=lambda d: "Answer: 734" in main_text(d))
+        text = main_text(driver)
+        check(default if default == "Prompt lab" else "Prompt lab", "478+256= on adder-cot-faithful: Answer 734, right",
+              "Answer: 734" in text and "✓ right" in text and "ans 734" in text, text)
+        shot = out_dir / "prompt-lab-478.png"
+        save_page(driver, shot)
+        timings["interactions"].append({"page": "Prompt lab", "action": f"open the link /{LINK}",
+                                        "render_s": round(seconds, 2), "screenshot": shot.name})
         from selenium.webdriver.common.keys import Keys
 
-        box = driver.find_element("css selector", '[data-testid="stTextInput"] input')
+        box = next(i for i in driver.find_elements("css selector", '[data-testid="stTextInput"] input')
+                   if i.get_attribute("aria-label") == "Prompt")
         box.send_keys(Keys.CONTROL, "a")
         box.send_keys(Keys.BACKSPACE)
         box.send_keys(NEW_PROMPT)
@@ -272,12 +342,12 @@ def test_every_page_renders_in_a_real_browser(server, browser, out_dir, capsys):
             return bool(codes) and codes[0].text.strip().startswith(NEW_PROMPT)
 
         seconds, _ = wait_rendered(driver, t0, until=new_completion)
-        shot = out_dir / f"{slug(default)}-new-prompt.png"
+        shot = out_dir / "prompt-lab-new-prompt.png"
         save_page(driver, shot)
-        timings["interactions"].append({"page": default, "action": f"type the prompt {NEW_PROMPT!r} and press Enter",
-                                        "render_s": round(seconds, 2), "screenshot": shot.name})
+        timings["interactions"].append({"page": "Prompt lab", "action": f"type the prompt {NEW_PROMPT!r} and press "
+                                        "Enter", "render_s": round(seconds, 2), "screenshot": shot.name})
         if found := problems_shown(driver):
-            problems[f"{default} (new prompt)"] = found
+            problems["Prompt lab (new prompt)"] = found
     finally:
         (out_dir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
         with capsys.disabled():
@@ -289,5 +359,7 @@ def test_every_page_renders_in_a_real_browser(server, browser, out_dir, capsys):
             for p in timings["pages"][1:]:
                 print(f"  {'page: ' + p['page']:<40} {p['render_s']:>7.2f} s")
             for i in timings["interactions"]:
-                print(f"  {i['page'] + ': new prompt':<40} {i['render_s']:>7.2f} s")
+                print(f"  {i['page'] + ': ' + i['action'][:30]:<40} {i['render_s']:>7.2f} s")
+            for c in timings.get("checks", []):
+                print(f"  check {c['page']}: {c['check'][:60]:<60} {'ok' if c['ok'] else 'FAILED'}")
     assert not problems, problems
