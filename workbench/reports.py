@@ -12,25 +12,10 @@ from workbench.figures import heatmap
 from workbench.io import write_json, write_parquet
 from workbench.lens import LensReadout
 from workbench.patching import (
-    attribution_patching, head_by_pos_sweep, head_sweep, mlp_out_sweep, prediction_logit_diff, resid_sweep,
+    attribution_patching, correlation, head_by_pos_sweep, head_sweep, mlp_out_sweep, prediction_logit_diff, resid_sweep,
 )
 
 SWEEPS = ("resid", "mlp", "heads", "head-pos")
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of two effect maps, always in [-1, 1] (nan when either map is constant).
-
-    Each centred map is scaled to unit norm before the dot product (in float64), so the result can only leave
-    [-1, 1] by rounding, and it is clipped back: ``(a @ b) / (|a| |b|)`` computed directly can come out at
-    ``1.0000000000000002`` for maps that are exactly proportional.
-    """
-    a, b = a.flatten().double(), b.flatten().double()
-    a, b = a - a.mean(), b - b.mean()
-    na, nb = a.norm(), b.norm()
-    if not (na > 0 and nb > 0) or not (torch.isfinite(na) and torch.isfinite(nb)):
-        return float("nan")
-    return float(torch.clamp((a / na) @ (b / nb), -1.0, 1.0))
 
 
 def write_lens(model: HookedTransformer, readout: LensReadout, tokens: list[str], out: str | Path, kind: str,
@@ -99,7 +84,7 @@ def run_patching(model: HookedTransformer, clean_texts: list[str], corrupt_texts
         summary[name] = {"max_recovered": float(norm.max()), "argmax": [int(i) for i in np.unravel_index(int(norm.argmax()), norm.shape)]}
         if name == "resid":
             attr = attribution_patching(model, clean, corrupt, metric)
-            r = pearson(attr, effect - base_corrupt)
+            r = correlation(attr, effect - base_corrupt)
             summary["resid"]["attribution_correlation"] = r
             files += heatmap((attr / span).numpy(), layers, tokens, f"attribution patching (r = {r:.2f} with activation patching)",
                              out / "patch_attribution", colorbar="estimated restored", diverging=True)

@@ -1,11 +1,17 @@
-"""Patching recovers planted truth: in adder-cot-faithful the answer reads the written CoT step."""
+"""Patching recovers planted truth: in adder-cot-faithful the answer reads the written CoT step; on the organisms
+the sweeps equal TransformerLens's per-site patching."""
 
+import pytest
 import torch
+from transformer_lens import patching as tl_patching
 
 from workbench.models.loader import load_model
-from workbench.patching import attribution_patching, correlation, resid_sweep
+from workbench.patching import (
+    attribution_patching, correlation, head_by_pos_sweep, head_sweep, prediction_logit_diff, resid_sweep,
+)
 from workbench.tasks import formats
 from workbench.tasks.addition import sample_problems
+from workbench.tasks.pairs import make_pairs
 
 
 def test_faithful_answer_flows_from_the_corrupted_step():
@@ -36,3 +42,18 @@ def test_faithful_answer_flows_from_the_corrupted_step():
     assert effect[0, step_pos] > 0.9 * (metric(model(clean)).item() - base)
     attr = attribution_patching(model, clean, corrupt, metric)
     assert correlation(attr, effect) > 0.7
+
+
+@pytest.mark.parametrize("organism, pairs", [("adder-direct", "operand"), ("adder-cot-faithful", "cot-step")])
+def test_organism_sweeps_equal_transformer_lens(organism, pairs):
+    model = load_model(organism)
+    clean_t, corrupt_t = make_pairs(pairs, 8, 3, seed=1)
+    clean = torch.cat([model.to_tokens(t) for t in clean_t])
+    corrupt = torch.cat([model.to_tokens(t) for t in corrupt_t])
+    metric, clean, corrupt, _ = prediction_logit_diff(model, clean, corrupt)
+    _, cache = model.run_with_cache(clean)
+    for ours, theirs in ((resid_sweep, tl_patching.get_act_patch_resid_pre),
+                         (head_sweep, tl_patching.get_act_patch_attn_head_out_all_pos),
+                         (head_by_pos_sweep, tl_patching.get_act_patch_attn_head_out_by_pos)):
+        expected = theirs(model, corrupt, cache, metric)
+        assert torch.allclose(ours(model, clean, corrupt, metric), expected, atol=1e-5), ours.__name__

@@ -68,7 +68,7 @@ def test_run_patching_matches_the_sweep(tmp_path):
 
 def test_attribution_correlation_stays_in_range():
     """Maps that are exactly proportional (or anti-proportional) give |r| = 1 at most, never 1 + rounding."""
-    from workbench.reports import pearson
+    from workbench.patching import correlation as pearson
 
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
