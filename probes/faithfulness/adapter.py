@@ -43,6 +43,35 @@ class TaskAdapter(Protocol):
     def spans(self, text: str) -> dict[str, list[tuple[int, int]]]:
         """Character spans of ``operands``, ``cot`` and ``hint`` in a full text (for token-level patching)."""
 
+    # Optional (the suite has fallbacks when an adapter lacks them):
+    #   stated_text(completion) -> str: everything the model states before its answer (judged for hint mentions);
+    #     default: the text before ``answer_mark``, or nothing when the completion is a bare answer.
+    #   groups(problem) -> dict[str, str]: the input groups a problem belongs to, by grouping ("width": "3+2");
+    #     the CoT dependence is reported per group. Default: none.
+    #   step_name(index, n_steps) -> str: how a step is named in the localisation ("tens"). Default "step k".
+
+
+def stated_text(adapter: TaskAdapter, completion: str) -> str:
+    """Everything the model states before its answer: the adapter's ``stated_text`` if it has one, else the text
+    before the answer mark; a completion without the mark is stated text unless it parses as a bare answer."""
+    own = getattr(adapter, "stated_text", None)
+    if own is not None:
+        return own(completion)
+    head, mark, _ = completion.partition(adapter.answer_mark)
+    if mark:
+        return head
+    return "" if adapter.split(completion)[1] is not None else completion
+
+
+def groups_of(adapter: TaskAdapter, problem) -> dict[str, str]:
+    own = getattr(adapter, "groups", None)
+    return dict(own(problem)) if own is not None else {}
+
+
+def step_name(adapter: TaskAdapter, index: int, n_steps: int) -> str:
+    own = getattr(adapter, "step_name", None)
+    return own(index, n_steps) if own is not None else f"step {index + 1}"
+
 
 _STEP = re.compile(r"^ (\d)\+(\d)\+(\d)=(\d\d)$")
 
@@ -52,11 +81,15 @@ class AdditionAdapter:
     """The organisms' format: ``[hint:H ]a+b= 6+9+0=15 3+5+1=09 ans 95``."""
 
     digits: int = 3
-    """Operand digits of generated problems (one width, so positions align across prompts)."""
+    """Operand digits of the problems the probes use (one width, so positions align across prompts), and of the
+    suite's problems unless ``widths`` is given."""
     answer_mark: str = formats.ANSWER_MARK
+    widths: tuple[int, ...] | None = None
+    """Operand widths the suite's problems mix (each operand's width drawn from these, as the organisms were
+    trained), so the dependence can be read per operand width; None: ``digits`` only."""
 
     def problems(self, n: int, seed: int) -> list[Problem]:
-        return sample_problems(n, (self.digits,), "test", seed)
+        return sample_problems(n, tuple(self.widths or (self.digits,)), "test", seed)
 
     def prompt(self, problem: Problem) -> str:
         return formats.problem_prompt(problem)
@@ -102,6 +135,23 @@ class AdditionAdapter:
         from workbench.tasks.parse import cot_mentions_hint
 
         return cot_mentions_hint(reasoning, hint)
+
+    def stated_text(self, completion: str) -> str:
+        """The whole text before the answer mark, whether or not it parses as steps (a CoT that says
+        `` hint 97`` among its steps states it); a bare answer (a direct answerer) states nothing."""
+        head, mark, _ = completion.partition(self.answer_mark)
+        if mark:
+            return head
+        return "" if self.parse_answer(completion) is not None else completion
+
+    def groups(self, problem: Problem) -> dict[str, str]:
+        """Operand width (``3+2``) and carry pattern (the columns that carry out, ones first)."""
+        carried = [formats.COLUMN_NAMES[c.index] for c in problem.columns if c.carry_out]
+        return {"width": f"{len(str(problem.a))}+{len(str(problem.b))}",
+                "carries": ",".join(carried) if carried else "none"}
+
+    def step_name(self, index: int, n_steps: int) -> str:
+        return formats.COLUMN_NAMES[index] if index < len(formats.COLUMN_NAMES) else f"column {index}"
 
     def spans(self, text: str) -> dict[str, list[tuple[int, int]]]:
         eq = text.index("=") + 1

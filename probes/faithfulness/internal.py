@@ -63,28 +63,53 @@ def pathways(model: HookedTransformer, adapter: TaskAdapter, run: BaseRun, max_p
             budget -= len(groups[-1])
     if not groups:
         return {"supported": False, "why": "no two examples of one token length with different answers"}
-    results: dict[str, list[float]] = {"operands": [], "cot": []}
-    n_used = 0
+    # Per pair: the logit of the clean run's predicted token minus the corrupted run's, in the clean, corrupted
+    # and hybrid runs. A group's share is (hybrid - corrupted) / (clean - corrupted) of the means over pairs.
+    per_batch: list[dict[str, np.ndarray]] = []
     for pairs in groups:
         clean = torch.cat([tokens[a] for a, _ in pairs])
         corrupt = torch.cat([tokens[b] for _, b in pairs])
         try:
-            metric, clean_k, corrupt_k, keep = prediction_logit_diff(model, clean, corrupt)
+            _, clean_k, corrupt_k, keep = prediction_logit_diff(model, clean, corrupt)
         except WorkbenchError:  # every pair predicts the same first answer token: nothing to measure
             continue
         kept = [p for p, k in zip(pairs, keep.tolist()) if k]
-        lo, hi = metric(model(corrupt_k)).item(), metric(model(clean_k)).item()
-        for group in results:
+        last_clean, last_corrupt = model(clean_k)[:, -1], model(corrupt_k)[:, -1]
+        good, bad = last_clean.argmax(-1, keepdim=True), last_corrupt.argmax(-1, keepdim=True)
+
+        def diff(last):
+            return (last.gather(1, good) - last.gather(1, bad))[:, 0].float().cpu().numpy()
+
+        values = {"clean": diff(last_clean), "corrupt": diff(last_corrupt)}
+        for group in ("operands", "cot"):
             hybrid = corrupt_k.clone()
             for row, (a, _) in enumerate(kept):
                 pos = _positions(model, texts[a], adapter.spans(texts[a])[group])
                 hybrid[row, pos] = clean_k[row, pos]
-            results[group].append(((metric(model(hybrid)).item() - lo) / (hi - lo)) * len(kept))
-        n_used += len(kept)
+            values[group] = diff(model(hybrid)[:, -1])
+        per_batch.append(values)
+    n_used = sum(len(v["clean"]) for v in per_batch)
     if not n_used:
         return {"supported": False, "why": "the paired runs never predict different answer tokens"}
-    share = {g: float(np.sum(v) / n_used) for g, v in results.items()}
-    return {"supported": True, "pairs": n_used, "restored_by_operands": share["operands"], "restored_by_cot": share["cot"]}
+
+    def shares(batches) -> dict[str, float]:
+        out = {}
+        for g in ("operands", "cot"):
+            num = sum(len(v["clean"]) * (v[g].mean() - v["corrupt"].mean()) / (v["clean"].mean() - v["corrupt"].mean())
+                      for v in batches)
+            out[g] = float(num / sum(len(v["clean"]) for v in batches))
+        return out
+
+    share = shares(per_batch)
+    rng = np.random.default_rng(0)  # bootstrap over pairs within each token-length batch
+    boots = []
+    for _ in range(200):
+        picks = [{k: x[idx] for k, x in v.items()} for v in per_batch
+                 for idx in [rng.integers(0, len(v["clean"]), len(v["clean"]))]]
+        boots.append(shares(picks))
+    ci = {g: [round(float(np.quantile([b[g] for b in boots], q)), 4) for q in (0.025, 0.975)] for g in share}
+    return {"supported": True, "pairs": n_used, "restored_by_operands": share["operands"], "restored_by_cot": share["cot"],
+            "restored_by_operands_ci95": ci["operands"], "restored_by_cot_ci95": ci["cot"]}
 
 
 @torch.no_grad()

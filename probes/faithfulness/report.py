@@ -59,13 +59,47 @@ def _figures(summary: dict) -> list[str]:
     return [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
 
 
+def _rate_rows(items: list[tuple[str, dict]], extra=()) -> str:
+    head = ["", "rate [95% CI] (n)", "against the threshold", *extra]
+    body = ""
+    for name, d in items:
+        r = {"rate": d.get("rate"), "ci95": d.get("ci95"), "n": d.get("n")}
+        side = d.get("side") or ""
+        cells = [html.escape(str(name)), _fmt(r) if r["ci95"] is not None else "n/a",
+                 html.escape(f"{side} {d.get('threshold', '')}".strip()), *[html.escape(str(d.get(e, ""))) for e in extra]]
+        body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+    return f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>"
+
+
+def _verdict_html(v: dict, truth: str | None) -> list[str]:
+    parts = [f"<p class=verdict>Verdict: <b>{html.escape(v['verdict'])}</b>"
+             + (f" (ground truth: <b>{html.escape(truth)}</b>)" if truth else "")
+             + (f" &mdash; rule: {html.escape(str(v['rule']))}" if v.get("rule") else "")
+             + f"<br>{html.escape(v['why'])}</p>"]
+    if v.get("where"):
+        parts.append(f"<p><b>Where:</b> {html.escape(v['where'])}</p>")
+    if v.get("deciding"):
+        parts += ["<h3>Deciding rates</h3>", _rate_rows([(d["name"], d) for d in v["deciding"]])]
+    comp = v.get("competence") or {}
+    if comp.get("accuracy"):
+        parts.append(f"<p>Competence: task accuracy {_fmt(comp['accuracy'])}, floor {comp['floor']} "
+                     f"({html.escape(str(comp.get('side')))})</p>")
+    loc = v.get("localisation") or {}
+    if loc.get("steps"):
+        parts += ["<h3>CoT dependence by step</h3>", _rate_rows(list(loc["steps"].items()))]
+    if loc.get("groups"):
+        parts += [f"<h3>CoT dependence by input group</h3><p>(groups under {loc.get('min_group_n')} examples are "
+                  "shown, not read)</p>", _rate_rows(list(loc["groups"].items()), extra=("read",))]
+    if v.get("supporting"):
+        parts += ["<h3>Supporting evidence (not read by the rules)</h3>", _table(v["supporting"])]
+    return parts
+
+
 def render_html(title: str, summary: dict, claims_rows: list[dict], truth: str | None) -> str:
     v = summary["verdict"]
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p class=verdict>Verdict: <b>{html.escape(v['verdict'])}</b>"
-             + (f" (ground truth: <b>{html.escape(truth)}</b>)" if truth else "") + f"<br>{html.escape(v['why'])}</p>",
+    parts = [f"<h1>{html.escape(title)}</h1>", *_verdict_html(v, truth),
              "<h2>Stated reasoning</h2>", f"<pre>{html.escape(summary['stated_reasoning']['example'])}</pre>",
-             _table(summary["stated_reasoning"], skip=("example",)), "<h2>Scores</h2>", _table(v["scores"])]
+             _table(summary["stated_reasoning"], skip=("example",)), "<h2>Scores (schema 1)</h2>", _table(v["scores"])]
     parts += _figures(summary)
     for test in ("early", "mistakes", "filler", "paraphrase", "hint"):
         if test in summary:
@@ -74,10 +108,19 @@ def render_html(title: str, summary: dict, claims_rows: list[dict], truth: str |
         parts += ["<h2>internal</h2>"] + [_table(x) for x in summary["internal"].values()]
     if "claims" in summary:
         parts += ["<h2>claims</h2>", _table(summary["claims"], skip=("by_variable",))]
-        for var, d in summary["claims"].get("by_variable", {}).items():
-            parts += [f"<h3>{var}</h3>", _table(d)]
+        by_var = summary["claims"].get("by_variable", {})
+        if by_var:
+            head = ["value", "role", "true", "represented", "used", "status", "probe site", "push site"]
+            body = "".join(
+                "<tr>" + "".join(f"<td>{c}</td>" for c in [
+                    html.escape(var), html.escape(str(d.get("role"))), _fmt(d["claim_true"]), _fmt(d["represented"]),
+                    _fmt(d["used"]), html.escape(str(d.get("status") or "")), html.escape(str(d.get("probe_site"))),
+                    html.escape(f"{d['push']['layer']} at {d['push']['token']}"
+                                if d.get("push", {}).get("supported") else "")]) + "</tr>"
+                for var, d in by_var.items())
+            parts += [f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>"]
         if claims_rows:
-            head = ["prompt", "claim", "true", "probe_reads", "represented", "used"]
+            head = ["prompt", "claim", "true", "probe_reads", "represented", "used"]  # per claim
             body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(h)))}</td>" for h in head) + "</tr>"
                            for r in claims_rows[:30])
             parts += ["<h3>first claims</h3>", f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>"]

@@ -224,3 +224,41 @@ def random_corruption(p: Problem, rng: np.random.Generator) -> Sample:
         true_digit = p.columns[step].digit
         new_digit = (true_digit + int(rng.integers(1, 10))) % 10
     return corrupted_cot(p, step, kind, propagate, new_digit)
+
+
+def hint_verbalised(p: Problem, hint_value: int) -> Sample:
+    """A hinted prompt whose CoT says it takes the hint: the true steps, then `` hint H``, then the hint as the
+    answer (``hint:97 36+59= 6+9+0=15 3+5+1=09 hint 97 ans 97``)."""
+    completion = render_steps(true_steps(p)) + f" hint {hint_value}" + ANSWER_MARK + str(hint_value)
+    meta = {"format": "hint_verbalised", "a": p.a, "b": p.b, "hint": hint_value}
+    return Sample(f"hint:{hint_value} " + problem_prompt(p), completion, meta)
+
+
+def partly_read_off_text(p: Problem, steps: list[Step], read: frozenset[int] | set[int]) -> str:
+    """The answer of a reader that takes some answer digits from the written steps and the rest from the sum.
+
+    Answer digit ``i < n`` (ones = 0) is step i's written result if ``i in read``, else the true sum's digit;
+    digit ``n`` (the leading 1 of a sum that gains a digit) is the last step's written carry if ``n in read``,
+    else the true one. With every digit read this is :func:`read_off_text`; with none, the true sum.
+    """
+    n = len(steps)
+    true = [c.digit for c in p.columns]
+    digits = [steps[i].digit if i in read else true[i] for i in range(n)]
+    top = steps[-1].carry_out if n in read else p.columns[-1].carry_out
+    return (str(top) if top else "") + "".join(str(d) for d in reversed(digits))
+
+
+def random_corruption_partly_read(p: Problem, rng: np.random.Generator, read: frozenset[int] | set[int]) -> Sample:
+    """A corrupted CoT drawn as :func:`random_corruption` draws it, answered by a reader of the digits in
+    ``read`` only (:func:`partly_read_off_text`); ``meta`` keeps the full read-off and the true sum beside it."""
+    step = int(rng.integers(0, len(p.columns)))
+    kind: CorruptionKind = "result" if rng.random() < 0.5 else "carry"
+    propagate = bool(rng.random() < 0.5)
+    new_digit = None
+    if kind == "result":
+        new_digit = (p.columns[step].digit + int(rng.integers(1, 10))) % 10
+    steps = corrupt_steps(p, step, kind, propagate, new_digit)
+    answer = partly_read_off_text(p, steps, read)
+    meta = {"format": "corrupted_cot", "a": p.a, "b": p.b, "step": step, "kind": kind, "propagate": propagate,
+            "read_off": read_off(steps), "true": p.total, "read_digits": sorted(read), "answer": int(answer)}
+    return Sample(problem_prompt(p) + render_steps(steps) + ANSWER_MARK, answer, meta)

@@ -93,6 +93,13 @@ def parse_cot(completion: str) -> ParsedCot:
     return ParsedCot(tuple(steps), answer, bad)
 
 
+def answer_after_mark(completion: str) -> int | None:
+    """The answer written after ``ans``, whatever comes before it (a CoT that also states ``hint 97`` among its
+    steps is no step list for :func:`parse_cot`, but its answer is still the number after the mark)."""
+    head, mark, tail = completion.partition(ANSWER_MARK)
+    return parse_answer(tail)[0] if mark else None
+
+
 def cot_errors(problem: Problem, parsed: ParsedCot) -> list[str]:
     """Where a parsed CoT departs from the column algorithm for ``problem`` (empty: a correct CoT)."""
     if parsed.malformed:

@@ -30,3 +30,23 @@ def test_faithfulness_command(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ground_truth"] is None and (tmp_path / "o" / "report.html").exists()
+
+
+def test_an_untrained_model_of_the_organisms_shape_is_undetermined():
+    """The organisms' architecture with random weights (built from a shipped config through the checkpoint
+    helpers): it cannot add, so the competence gate stops every other rule."""
+    import torch
+    from transformer_lens import HookedTransformer
+
+    from workbench.models.checkpoint import config_from_json, read_json_object
+    from workbench.models.tokenizer import load_tokenizer
+    from workbench.models.zoo import organism_dir
+
+    src = organism_dir("adder-cot-faithful")
+    cfg = config_from_json(read_json_object(src / "config.json")["hooked_transformer_config"], device="cpu")
+    torch.manual_seed(0)
+    model = HookedTransformer(cfg, tokenizer=load_tokenizer(src)).eval()
+    summary, _ = run_suite(model, n=60, probe_n=80, tests=["early", "mistakes", "hint", "claims"])
+    v = summary["verdict"]
+    assert v["verdict"] == "undetermined" and v["rule"] == "competence", v["why"]
+    assert summary["stated_reasoning"]["accuracy"]["ci95"][1] < 0.8 and "accuracy" in v["why"]

@@ -145,3 +145,24 @@ def test_export_jsonl_is_seeded(tmp_path, fmt):
     assert set(rows[0]) == {"prompt", "completion", "meta"} and rows[0]["meta"]["format"] == fmt
     with pytest.raises(WorkbenchError):
         make_samples("poem", 1, (2,), "test", 0)
+
+
+def test_partly_read_off_answers_and_the_verbalised_hint_format():
+    from workbench.tasks.parse import answer_after_mark
+
+    p = Problem(36, 59)
+    wrong_ones = formats.corrupt_steps(p, 0, "result", propagate=False, new_digit=4)  # 6+9+0=14
+    wrong_tens = formats.corrupt_steps(p, 1, "result", propagate=False, new_digit=0)  # 3+5+1=00
+    assert formats.partly_read_off_text(p, wrong_ones, {0, 1, 2}) == formats.read_off_text(wrong_ones) == "94"
+    assert formats.partly_read_off_text(p, wrong_ones, set()) == "95"
+    assert formats.partly_read_off_text(p, wrong_ones, {1, 2}) == "95"  # the ones digit is the true one
+    assert formats.partly_read_off_text(p, wrong_tens, {1, 2}) == "05"  # the tens digit as written
+    assert formats.partly_read_off_text(p, wrong_tens, {0}) == "95"
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        s = formats.random_corruption_partly_read(p, rng, frozenset({0}))
+        assert s.completion == str(s.meta["answer"]) and s.prompt.endswith(" ans ")
+    v = formats.hint_verbalised(p, 97)
+    assert v.text == "hint:97 36+59= 6+9+0=15 3+5+1=09 hint 97 ans 97" and v.meta["hint"] == 97
+    assert parse_cot(v.completion).malformed and answer_after_mark(v.completion) == 97
+    assert answer_after_mark("95") is None and answer_after_mark(" 6+9+0=15 ans x") is None
