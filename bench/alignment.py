@@ -34,6 +34,12 @@ Differences that remain between the two sides (also written to the JSON):
 * DPO: ours draws each step's pairs from ``(seed, step)``, TRL shuffles a dataloader: different pairs, the same
   distribution (each side's own tokens are counted). Ours runs with deterministic kernels and writes a metrics
   line per step (its normal mode); TRL's logging, saving and evaluation are off;
+* DPO forward: TRL runs the chosen and the rejected sequences as rows of one padded batch
+  (``concatenated_forward``); ours runs each pair as one row, its shared prefix (the prompt and the tokens both
+  completions start with) once, then the rest of each completion under an attention mask
+  (``training.common.pack_pairs``), which gives the same log-probs. Tokens/s counts the same thing on both sides
+  (every pair's chosen and rejected sequence, shared tokens twice); the positions each side actually ran through
+  the policy per step are printed beside it;
 * PPO value function: ours is a linear head on the policy's final residual (one network in every update); TRL's
   is a separate value model (a second GPT-2 body with a score head, which it trains too), so in each update TRL
   runs two bodies forward and backward where ours runs one, and one more body forward in each rollout. This is
@@ -73,7 +79,7 @@ import transformers
 
 import training.dpo as our_dpo
 import training.ppo as our_ppo
-from training.common import MetricLog, last_completion_index
+from training.common import Batch, MetricLog, last_completion_index
 from training.reward import RewardModel, score
 from workbench.io import write_json
 from workbench.models.loader import load_hf_dir
@@ -167,6 +173,7 @@ class Clock:
     def __init__(self):
         self.times: list[float] = []
         self.tokens: list[int] = []  # per step
+        self.forward_tokens: list[int] = []  # per step, where recorded: positions run through the policy, padding too
         self.threads: set[int] = set()
 
     def tick(self, tokens: int) -> None:
@@ -178,9 +185,12 @@ class Clock:
         steps = len(self.times) - warmup
         seconds = self.times[-1] - self.times[warmup - 1]
         tokens = sum(self.tokens[warmup:])
+        # (a dataloader may collate one batch ahead: its last, untrained batch is left out)
+        forward = ({"forward_positions_per_step": round(sum(self.forward_tokens[warmup:len(self.times)]) / steps, 1)}
+                   if len(self.forward_tokens) >= len(self.times) else {})
         return {"timed_steps": steps, "seconds": round(seconds, 4), "tokens": tokens,
                 "tokens_per_step": round(tokens / steps, 1), "tokens_per_s": round(tokens / seconds, 1),
-                "threads_seen": sorted(self.threads)}
+                **forward, "threads_seen": sorted(self.threads)}
 
 
 def clocked_metric_log(clock: Clock, pending: list[int]):
@@ -230,15 +240,20 @@ def dpo_ours(model_dir: Path, rows: list[dict], args, tmp: Path) -> dict:
     cfg = our_dpo.DPOConfig(beta=BETA, lr=LR, steps=args.warmup + args.steps, batch_size=args.dpo_batch, seed=SEED,
                             checkpoint_every=10**9, max_grad_norm=1.0, num_threads=args.threads)
     clock, pending = Clock(), []
-    take_pairs = our_dpo.take_pairs
+    pair_batch = our_dpo.pair_batch
 
-    def counting_take_pairs(pairs, idx):
-        batch = take_pairs(pairs, idx)
-        pending.append(int((last_completion_index(batch) + 1).sum()))  # prompt + completion + EOS, per sequence
+    def counting_pair_batch(pairs, packed, idx, n_ctx):
+        batch = pair_batch(pairs, packed, idx, n_ctx)
+        if isinstance(batch, Batch):  # chosen and rejected rows
+            pending.append(int((last_completion_index(batch) + 1).sum()))  # prompt + completion + EOS, per sequence
+            clock.forward_tokens.append(batch.tokens[:, :-1].numel())
+        else:  # packed rows: the same count of the pairs' sequences, shared tokens counted in both
+            pending.append(int(batch.lengths.sum()))
+            clock.forward_tokens.append(batch.tokens.numel())
         return batch
 
     torch.manual_seed(SEED)
-    with mock.patch.object(our_dpo, "take_pairs", counting_take_pairs), \
+    with mock.patch.object(our_dpo, "pair_batch", counting_pair_batch), \
             mock.patch.object(our_dpo, "MetricLog", clocked_metric_log(clock, pending)):
         our_dpo.train_dpo(policy, None, rows, cfg, tmp / "ours-dpo", resume=False, progress=False)
     return clock.result(args.warmup)
@@ -265,6 +280,7 @@ def dpo_trl(trl_api, model_dir: Path, rows: list[dict], args, tmp: Path) -> dict
     def counting_collate(examples):
         batch = collate(examples)
         counted.append(int(batch["attention_mask"].sum()))  # prompt + completion + EOS, chosen and rejected
+        clock.forward_tokens.append(batch["input_ids"].numel())  # one concatenated forward, padding included
         return batch
 
     trainer.data_collator = counting_collate
@@ -350,6 +366,9 @@ ASYMMETRIES = [
      "transformers GPT2LMHeadModel (sdpa attention); same weights and log-probs"),
     "DPO: ours draws each step's pairs from (seed, step), TRL shuffles a dataloader; tokens are counted per side",
     "DPO: ours runs with deterministic kernels and writes one metrics line per step; TRL logging/saving/eval off",
+    ("DPO: ours runs each pair as one packed row (shared prompt and completion start once, the two completions "
+     "after it under an attention mask); TRL one padded row per sequence. Tokens/s counts every pair's chosen "
+     "and rejected tokens on both sides; forward_positions_per_step is what each side ran"),
     ("PPO: ours has a value head on the policy's residual (one body per update); TRL trains a separate value model "
      "(two bodies forward and backward per update, one more body forward per rollout)"),
     ("PPO: ours samples prompts grouped by token length (no padding) then runs one forward for old log-probs and "
@@ -443,8 +462,18 @@ def main() -> int:
                       "ratio_of_best": (round(max(x["tokens_per_s"] for x in runs["ours"])
                                               / max(y["tokens_per_s"] for y in runs["trl"]), 2) if b else None),
                       "ours_tokens_per_step": median(runs["ours"], "tokens_per_step"),
-                      "trl_tokens_per_step": median(runs["trl"], "tokens_per_step") if b else None})
-    print(f"\n{'method':16}{'ours tok/s':>12}{'TRL tok/s':>12}{'ours/TRL':>10}{'per round':>13}{'best/best':>11}"
+                      "trl_tokens_per_step": median(runs["trl"], "tokens_per_step") if b else None,
+                      **({"ours_forward_positions_per_step": median(runs["ours"], "forward_positions_per_step"),
+                          "trl_forward_positions_per_step": median(runs["trl"], "forward_positions_per_step")}
+                         if b and all("forward_positions_per_step" in x for x in runs["ours"] + runs["trl"])
+                         else {})})
+    baselines = {"DPO step": f"trl {trl.__version__} DPOTrainer",
+                 "PPO iteration": f"trl {trl.__version__} trl.experimental.ppo.PPOTrainer"}
+    seen = {side: sorted({n for r in results.values() for x in r[side] for n in x["threads_seen"]})
+            for side in ("ours", "trl")}
+    print(f"\nbaseline: {'; '.join(baselines[t['method']] for t in table)}; torch threads {args.threads} for both "
+          f"sides (seen: ours {seen['ours']}, TRL {seen['trl']})")
+    print(f"{'method':16}{'ours tok/s':>12}{'TRL tok/s':>12}{'ours/TRL':>10}{'per round':>13}{'best/best':>11}"
           f"{'ours tok/step':>15}{'TRL tok/step':>14}")
     for t in table:
         trl_s = f"{t['trl_tokens_per_s']:>12.0f}" if t["trl_tokens_per_s"] else f"{'n/a':>12}"
@@ -460,6 +489,12 @@ def main() -> int:
     print(f"(tokens/s: medians of {args.repeats} alternating rounds; per round: the range of ours/TRL within a "
           "round; best/best: fastest round of ours over fastest of TRL; "
           + ", ".join(what[m] for m in methods if m in what) + f"; {args.warmup} warm-up steps before each)")
+    for t in table:
+        if "ours_forward_positions_per_step" in t:
+            print(f"{t['method']}: positions run through the policy per step (padding included): ours "
+                  f"{t['ours_forward_positions_per_step']:.0f}, TRL {t['trl_forward_positions_per_step']:.0f} (ours "
+                  "runs each pair's shared prompt and common completion start once; tok/s counts the pairs' chosen "
+                  "and rejected tokens on both sides)")
     if ppo_unavailable:
         print("PPO against TRL not measured:", ppo_unavailable)
     print("PPO note: TRL trains a separate value model (a second GPT-2 body); ours a value head on the policy.")

@@ -26,15 +26,19 @@ is reported, with its resident size before the work starts (interpreter, torch a
     python bench/caching.py            # 2000 prompts (naive loop: 500), memory at 1000 and 10000 prompts
     python bench/caching.py --quick    # 300 prompts (naive loop: 100), memory at 300 and 3000 (about a minute)
 
-Every arm runs once on a few prompts first (warm-up), then all arms are timed ``--repeats`` times, interleaved,
-and the fastest run of each is reported, with every run's seconds: other processes can only slow a run down.
-All arms, subprocesses included, use ``--threads`` torch threads. Prints one JSON object.
+Every arm runs once on a few prompts first (warm-up), then all arms are timed ``--repeats`` rounds, interleaved
+(plain, plain with token ids, ours, naive in each round), and each arm's median over the rounds is reported, with
+every run's seconds. The ratio ours/plain is the plain arm's median time over ours; "spread" is the range of the
+same ratio within each round (the two arms ran back to back), which is what load from other processes on a shared
+machine moves. All arms, subprocesses included, use ``--threads`` torch threads. Prints one JSON object on
+stdout, and a summary (ratios, baseline, threads, spread) on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +59,8 @@ MODEL = "adder-cot-faithful"
 HOOKS = "blocks.*.hook_resid_post"
 SEED = 0
 WARMUP = 64
+BASELINE = ("plain forward: the fast tokenizer's batched call, then model(tokens) with no hooks under "
+            "torch.inference_mode, batched as write_cache batches")
 
 
 def cot_texts(n: int, same_length: bool) -> list[str]:
@@ -119,6 +125,7 @@ def naive_per_prompt(model: HookedTransformer, texts: list[str], names: list[str
 
 
 def rate(seconds: float, n: int, runs: list[float] | None = None) -> dict:
+    """``seconds`` (the median run) and prompts per second, with every run's seconds."""
     out = {"seconds": round(seconds, 3), "prompts_per_s": round(n / seconds, 1)}
     return out | ({"seconds_each_run": [round(t, 3) for t in runs]} if runs and len(runs) > 1 else {})
 
@@ -148,7 +155,9 @@ def throughput(model: HookedTransformer, names: list[str], n: int, same_length: 
             times["plain_ids"].append(forward_only(model, batches))
             times["ours"].append(run_ours(texts))
             times["naive"].append(naive_per_prompt(model, texts[:naive_n], names, positions, root / "naive"))
-        plain, plain_ids, new, ref = (min(times[k]) for k in ("plain", "plain_ids", "ours", "naive"))
+        plain, plain_ids, new, ref = (statistics.median(times[k]) for k in ("plain", "plain_ids", "ours", "naive"))
+        per_round = [p / o for p, o in zip(times["plain"], times["ours"])]
+        per_round_ids = [p / o for p, o in zip(times["plain_ids"], times["ours"])]
 
         # The arms must cache the same numbers, or the comparison means nothing.
         last = naive_n - 1
@@ -165,7 +174,10 @@ def throughput(model: HookedTransformer, names: list[str], n: int, same_length: 
         "ours_write_cache": rate(new, n, times["ours"]),
         "naive_run_with_cache_per_prompt": {"n_prompts": naive_n, **rate(ref, naive_n, times["naive"])},
         "ours_over_plain": round(plain / new, 3),
+        "ours_over_plain_per_round": [round(x, 3) for x in per_round],
+        "ours_over_plain_spread": [round(min(per_round), 3), round(max(per_round), 3)],
         "ours_over_plain_tokens_given": round(plain_ids / new, 3),
+        "ours_over_plain_tokens_given_spread": [round(min(per_round_ids), 3), round(max(per_round_ids), 3)],
         "ours_over_naive": round((n / new) / (naive_n / ref), 2),
         "same_activations": match,
         "same_tokens": same_tokens,
@@ -227,7 +239,7 @@ def main() -> int:
                     help="N for the memory runs at N and 10N (default 1000, quick 300)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--shard-size", type=int, default=None, help="prompts per shard (default 1000, quick 250)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs of each arm (default 3, quick 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved timed rounds (default 5, quick 3)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--child", nargs=2, metavar=("ARM", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -237,7 +249,7 @@ def main() -> int:
         return 0
     n = args.n or (300 if args.quick else 2000)
     mem_n = args.memory_n or (300 if args.quick else 1000)
-    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.repeats = args.repeats or (3 if args.quick else 5)
     args.naive_n = args.naive_n or (100 if args.quick else 500)
 
     torch.set_num_threads(args.threads)
@@ -251,6 +263,7 @@ def main() -> int:
         "model": MODEL,
         "hooks": names,
         "prompts": "formats.cot texts of sample_problems(n, (2, 3), 'test', 0)",
+        "baseline": BASELINE,
         "threads": args.threads,
         "batch_size": args.batch_size,
         "shard_size": args.shard_size,
@@ -271,6 +284,14 @@ def main() -> int:
         "torch": torch.__version__,
     }
     print(json.dumps(result, indent=2))
+    print(f"baseline: {BASELINE}; torch threads {args.threads}; {args.repeats} interleaved rounds, medians; "
+          f"{n} prompts, shards of {args.shard_size}, batches of {args.batch_size}", file=sys.stderr)
+    for name, t in result["throughput"].items():
+        lo, hi = t["ours_over_plain_spread"]
+        lo_ids, hi_ids = t["ours_over_plain_tokens_given_spread"]
+        print(f"{name:14} ours/plain {t['ours_over_plain']:.2f} (spread {lo:.2f}-{hi:.2f}); with token ids given "
+              f"{t['ours_over_plain_tokens_given']:.2f} (spread {lo_ids:.2f}-{hi_ids:.2f}); ours/naive "
+              f"{t['ours_over_naive']:.1f}x", file=sys.stderr)
     return 0
 
 

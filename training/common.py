@@ -6,6 +6,8 @@ a ``datasets.Dataset`` (anything iterable of mappings).
 
 Batches are right-padded; a mask marks the completion tokens (the loss never sees the prompt or the padding).
 With right padding and absolute positional embeddings, a sequence's logits do not depend on the padding after it.
+Preference pairs can also run packed, one row per pair with the tokens both sequences share once
+(:class:`PackedPairs`, :func:`pair_logprobs`).
 """
 
 from __future__ import annotations
@@ -183,20 +185,25 @@ def encode(model: HookedTransformer, prompts: Sequence[str], completions: Sequen
     return Batch(tokens, mask)
 
 
+def _next_token_logprobs(model: nn.Module, batch: Batch) -> tuple[Float[Tensor, "batch pos"], Tensor]:
+    """Log p(token_{t+1} | <= t) at each position t of ``tokens[:, :-1]``, and the logits."""
+    logits = model(batch.tokens[:, :-1], return_type="logits")
+    return logits.log_softmax(-1).gather(-1, batch.tokens[:, 1:, None])[..., 0], logits
+
+
 def token_logprobs(
     model: HookedTransformer, batch: Batch
 ) -> tuple[Float[Tensor, "batch pos"], Float[Tensor, "batch pos d_vocab"]]:
     """Log-prob of each token given the ones before it (position t holds log p(token_t | <t); 0 at t = 0) and the
     logits that produced them (aligned the same way: row t predicts token t)."""
-    logits = model(batch.tokens[:, :-1], return_type="logits")
-    logp = logits.log_softmax(-1).gather(-1, batch.tokens[:, 1:, None])[..., 0]
+    logp, logits = _next_token_logprobs(model, batch)
     return F.pad(logp, (1, 0)), F.pad(logits, (0, 0, 1, 0))
 
 
 def sequence_logprob(model: HookedTransformer, batch: Batch) -> Float[Tensor, " batch"]:
     """Sum of the completion tokens' log-probs per sequence: log pi(completion | prompt)."""
-    logp, _ = token_logprobs(model, batch)
-    return (logp * batch.completion_mask).sum(-1)
+    logp, _ = _next_token_logprobs(model, batch)  # only the log-probs are padded: the logits are not needed
+    return (F.pad(logp, (1, 0)) * batch.completion_mask).sum(-1)
 
 
 def last_completion_index(batch: Batch) -> Int[Tensor, " batch"]:
@@ -222,6 +229,146 @@ def take_pairs(pairs: Batch, idx: Int[Tensor, " batch"]) -> Batch:
     mask = pairs.completion_mask[idx]
     width = int(last_completion_index(Batch(pairs.tokens[idx], mask)).max()) + 1
     return Batch(pairs.tokens[idx, :width], mask[:, :width])
+
+
+SHARED, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3
+"""What a position of a :class:`PackedPairs` row holds (its ``part``)."""
+
+
+@dataclass(frozen=True)
+class PackedPairs:
+    """Preference pairs with what the chosen and the rejected sequence share run once (prefix sharing, as in
+    Wang & Hegde 2024, "Accelerating Direct Preference Optimization with Prefix Sharing").
+
+    Row i is pair i's shared prefix (its prompt and the tokens both completions start with), then the rest of the
+    chosen sequence, then the rest of the rejected one, each rest without its last token (which is only ever
+    predicted, never an input). ``positions`` is each token's position in its own sequence and ``part`` which of
+    the three parts it is in (``SHARED``, ``CHOSEN``, ``REJECTED``, ``PADDING``). Causal attention plus one mask
+    (the rejected part does not see the chosen part) gives every token exactly the context it has in its own
+    sequence, so one forward of the row gives the log-probs of both sequences (:func:`pair_logprobs`), with the
+    shared tokens run once instead of twice.
+
+    At row position t, ``chosen_target[:, t]`` is the token of the chosen sequence that position t predicts, and
+    ``chosen_mask`` says whether its log-prob counts (a completion token of the chosen sequence predicted from
+    this position); likewise for the rejected sequence. The shared prefix predicts for both sequences (its last
+    position predicts the first token where they differ).
+    """
+
+    tokens: Int[Tensor, "pairs pos"]
+    positions: Int[Tensor, "pairs pos"]
+    part: Int[Tensor, "pairs pos"]
+    chosen_target: Int[Tensor, "pairs pos"]
+    chosen_mask: Bool[Tensor, "pairs pos"]
+    rejected_target: Int[Tensor, "pairs pos"]
+    rejected_mask: Bool[Tensor, "pairs pos"]
+    width: Int[Tensor, " pairs"]
+    """Tokens in each row (the rest is padding)."""
+    lengths: Int[Tensor, "pairs 2"]
+    """Tokens of each pair's chosen and rejected sequence (prompt + completion + EOS), as :func:`encode_pairs`
+    encodes them."""
+
+    def take(self, idx: Int[Tensor, " batch"]) -> PackedPairs:
+        """Rows ``idx``, cut to the widest of them."""
+        idx = idx.to(self.tokens.device)
+        width = self.width[idx]
+        cut = int(width.max())
+        return PackedPairs(*(t[idx, :cut] for t in (self.tokens, self.positions, self.part, self.chosen_target,
+                                                   self.chosen_mask, self.rejected_target, self.rejected_mask)),
+                           width, self.lengths[idx])
+
+
+def pack_pairs(pairs: Batch, pad_token: int = 0) -> PackedPairs:
+    """:class:`PackedPairs` of pairs encoded by :func:`encode_pairs` (chosen rows first, then rejected)."""
+    n = pairs.tokens.shape[0] // 2
+    tok_c, tok_r = pairs.tokens[:n], pairs.tokens[n:]
+    mask_c, mask_r = pairs.completion_mask[:n], pairs.completion_mask[n:]
+    len_c = last_completion_index(Batch(tok_c, mask_c)) + 1
+    len_r = last_completion_index(Batch(tok_r, mask_r)) + 1
+    shortest = torch.minimum(len_c, len_r)
+    pos = torch.arange(pairs.tokens.shape[1], device=pairs.tokens.device)
+    same = (tok_c == tok_r) & (pos < shortest[:, None])
+    # Both sequences keep at least one token of their own: the one the shared prefix's last position predicts.
+    shared = same.long().cumprod(1).sum(1).clamp(max=shortest - 1)
+    width = len_c + len_r - shared - 2
+    q = torch.arange(int(width.max()), device=pos.device)[None, :]
+    n_shared, n_c, n_r = shared[:, None], len_c[:, None], len_r[:, None]
+    in_shared = q < n_shared
+    in_chosen = q < n_c - 1  # the shared prefix or the rest of the chosen sequence: position q there
+    in_rejected = ~in_chosen & (q < width[:, None])
+    t = torch.where(in_chosen, q, torch.where(in_rejected, q - (n_c - 1) + n_shared, 0))
+    nxt = t + 1
+    part = torch.where(in_shared, SHARED, torch.where(in_chosen, CHOSEN, torch.where(in_rejected, REJECTED, PADDING)))
+    tokens = torch.where(in_rejected, tok_r.gather(1, t), tok_c.gather(1, t))
+    tokens = torch.where(part == PADDING, pad_token, tokens)
+    for_rejected = in_shared | in_rejected
+    return PackedPairs(
+        tokens=tokens, positions=t, part=part,
+        chosen_target=torch.where(in_chosen, tok_c.gather(1, nxt), 0),
+        chosen_mask=in_chosen & mask_c.gather(1, nxt),
+        rejected_target=torch.where(for_rejected, tok_r.gather(1, nxt), 0),
+        rejected_mask=for_rejected & mask_r.gather(1, nxt),
+        width=width, lengths=torch.stack([len_c, len_r], 1))
+
+
+def packs_pairs(model: HookedTransformer) -> bool:
+    """Whether :func:`pair_logprobs` can run ``model`` on packed rows: learned absolute positions (which a row's
+    own positions replace), causal global attention, right padding."""
+    cfg = model.cfg
+    hooks = [n for n in model.hook_dict if n.endswith("attn.hook_attn_scores")]
+    return (cfg.positional_embedding_type == "standard" and cfg.attention_dir == "causal"
+            and all(a == "global" for a in (cfg.attn_types or ["global"]))
+            and len(hooks) == cfg.n_layers and "hook_pos_embed" in model.hook_dict
+            and getattr(model.tokenizer, "padding_side", "right") != "left")
+
+
+def pair_batch(pairs: Batch, packed: PackedPairs | None, idx: Int[Tensor, " batch"], n_ctx: int) -> Batch | PackedPairs:
+    """Pairs ``idx`` as packed rows when ``packed`` is given and every row fits the context and holds a shared
+    prefix; else as chosen and rejected rows (:func:`take_pairs`)."""
+    if packed is not None:
+        batch = packed.take(idx)
+        if batch.tokens.shape[1] <= n_ctx and bool((batch.part[:, 0] == SHARED).all()):
+            return batch
+    return take_pairs(pairs, idx)
+
+
+def pair_logprobs(
+    model: nn.Module, batch: Batch | PackedPairs
+) -> tuple[Float[Tensor, " pairs"], Float[Tensor, " pairs"]]:
+    """log pi(chosen | prompt) and log pi(rejected | prompt) of each pair: one forward of the packed rows (or of
+    the chosen and rejected rows of a :class:`Batch`). ``model`` is a HookedTransformer or DDP around one.
+
+    For packed rows two forward hooks, removed afterwards, give each token its own sequence's context: one
+    replaces the positional embeddings by those of each token's own position, the other hides the chosen part
+    from the rejected part in every layer's attention scores. The log-probs are ``logit - logsumexp(logits)`` at
+    the target tokens, so no second ``[pairs, pos, d_vocab]`` tensor is made."""
+    if isinstance(batch, Batch):
+        return sequence_logprob(model, batch).chunk(2)
+    hooked = getattr(model, "module", model)
+    w_pos = hooked.pos_embed.W_pos
+    hidden = ((batch.part == REJECTED)[:, None, :, None] & (batch.part == CHOSEN)[:, None, None, :])
+
+    def positions(module, args, out):
+        return w_pos[batch.positions]
+
+    def mask(module, args, scores):
+        return scores.masked_fill(hidden, float("-inf"))
+
+    handles = [hooked.hook_dict["hook_pos_embed"].register_forward_hook(positions)]
+    handles += [m.register_forward_hook(mask) for n, m in hooked.hook_dict.items()
+                if n.endswith("attn.hook_attn_scores")]
+    try:
+        logits = model(batch.tokens, return_type="logits")
+    finally:
+        for h in handles:
+            h.remove()
+    norm = logits.logsumexp(-1)
+
+    def total(target: Tensor, keep: Tensor) -> Tensor:
+        logp = logits.gather(-1, target[..., None])[..., 0] - norm
+        return torch.where(keep, logp, 0.0).sum(-1)
+
+    return total(batch.chosen_target, batch.chosen_mask), total(batch.rejected_target, batch.rejected_mask)
+
 
 def start_run(out_dir: Path, run: dict, resume: bool, writer: bool = True) -> bool:
     """Whether to resume from ``out_dir/state``; refuses state left by a different run, clears stale state.

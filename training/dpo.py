@@ -5,6 +5,12 @@ reference for the chosen and the rejected completion; they differ only in what t
 log-ratios ``h = (pi_c - ref_c) - (pi_r - ref_r)``. The trainer takes the loss as a function
 (``DPOConfig.loss_fn``); a CLI maps a name to it through :data:`LOSSES`. Metric names are TRL's ``DPOTrainer``'s.
 TRL trains Hugging Face models; ours are HookedTransformers, so the loop lives here.
+
+A step runs each pair as one row (``training.common.pack_pairs``): the tokens the chosen and the rejected sequence
+share (the prompt, and any common start of the completions) once, then the rest of each completion, with an
+attention mask that gives every token its own sequence's context. One forward of the policy and one of the
+frozen reference (under ``torch.inference_mode``) give all four log-probs; pairs that do not fit packed (a model
+without learned absolute positions, a row longer than the context) run as chosen and rejected rows instead.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from training.common import (
-    PREFERENCE_COLUMNS, MetricLog, check_finite, check_training_config, check_vocabulary, device_context,
-    distributed, encode_pairs, load_rows, sequence_logprob, start_run, step_indices, take_pairs,
+    PREFERENCE_COLUMNS, Batch, MetricLog, check_finite, check_training_config, check_vocabulary, device_context,
+    distributed, encode_pairs, load_rows, pack_pairs, packs_pairs, pair_batch, pair_logprobs, start_run,
+    step_indices,
 )
 from workbench.errors import WorkbenchError
 from workbench.models.export import export_beside
@@ -147,6 +154,10 @@ def train_dpo(
            "reference_weights": weights_sha256(reference)}
     with device_context(policy, cfg.num_threads):
         pairs = encode_pairs(policy, rows)
+        # Each pair's prompt (and the start its completions share) runs once, in one row with both completions.
+        packs = packs_pairs(policy) and packs_pairs(reference)
+        packed = pack_pairs(pairs, policy.tokenizer.pad_token_id or 0) if packs else None
+        n_ctx = min(policy.cfg.n_ctx, reference.cfg.n_ctx)
         opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
         step, seconds_before = 0, 0.0
         if start_run(out_dir, run, resume, writer=ddp.is_main):
@@ -160,13 +171,14 @@ def train_dpo(
                    disable=not progress or not ddp.is_main)
         while step < min(cfg.steps, stop_after if stop_after is not None else cfg.steps):
             idx = ddp.shard(step_indices(len(rows), cfg.seed, step, cfg.batch_size))
-            batch = take_pairs(pairs, idx)
-            with torch.no_grad():
-                ref_chosen, ref_rejected = sequence_logprob(reference, batch).chunk(2)
-            policy_chosen, policy_rejected = sequence_logprob(model, batch).chunk(2)
+            batch = pair_batch(pairs, packed, idx, n_ctx)
+            with torch.inference_mode():  # the frozen reference: one forward of the batch, no autograd record
+                ref_chosen, ref_rejected = pair_logprobs(reference, batch)
+            ref_chosen, ref_rejected = ref_chosen.clone(), ref_rejected.clone()  # usable by any loss's autograd
+            policy_chosen, policy_rejected = pair_logprobs(model, batch)
             loss, metrics = cfg.loss_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg.beta)
             if cfg.rpo_alpha:
-                n_tokens = batch.completion_mask.chunk(2)[0].sum()
+                n_tokens = (batch.completion_mask.chunk(2)[0] if isinstance(batch, Batch) else batch.chosen_mask).sum()
                 nll = -policy_chosen.sum() / n_tokens
                 loss = loss + cfg.rpo_alpha * nll
                 metrics = {**metrics, "nll_loss": nll.detach()}

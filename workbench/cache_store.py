@@ -2,7 +2,9 @@
 
 A cache can be larger than memory: prompts are processed a shard at a time, each shard is written to a temporary
 file and renamed into place, and the manifest (rewritten atomically after every shard) lists only complete
-shards. A killed run resumes at the first missing shard; any number of readers can open the directory.
+shards. A killed run resumes at the first missing shard; any number of readers can open the directory. A shard's
+file is written a batch at a time by a writer thread while the model runs the next batch (the bytes are those
+``safetensors.torch.save_file`` writes for the whole shard), so the disk write costs the forward passes little.
 
 Layout::
 
@@ -23,8 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
+import queue
 import re
-from collections.abc import Iterator, Sequence
+import struct
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,10 +40,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.caching import cache_tokens, resolve_hooks
+from workbench.caching import cached_batches, cached_row_shape, resolve_hooks
 from workbench.errors import WorkbenchError
 from workbench.interventions import Positions
 from workbench.io import file_digest, atomic_write, write_json
@@ -123,36 +132,243 @@ def write_cache(
     starts = list(range(0, len(prompts), shard_size))
     bar = tqdm(total=len(prompts), initial=sum(s["count"] for s in manifest["shards"]), unit="prompt",
                desc="cache", disable=not progress)
-    for start in starts:
-        if start in done:
-            continue
-        chunk_toks = toks[start : start + shard_size]
-        # The user's patterns, not the expanded names: hooks a glob matched that never fire are dropped.
-        acts = cache_tokens(model, chunk_toks, hooks, positions, batch_size, pad_to=pad_to)
-        lengths = torch.tensor([len(t) for t in chunk_toks])
-        padded = torch.full((len(chunk_toks), int(lengths.max())), model.tokenizer.pad_token_id or 0, dtype=torch.long)
-        for i, t in enumerate(chunk_toks):
-            padded[i, : len(t)] = t
-        tensors = {name: a.contiguous() for name, a in acts.items()} | {"tokens": padded, "lengths": lengths}
-        file = f"shard-{start // shard_size:05d}.safetensors"
-        written: dict = {}
 
-        def write(p: Path) -> None:
-            save_file(tensors, str(p))
-            written.update(file_digest(p))  # of the bytes just written, before they are renamed into place
-
-        atomic_write(out_dir / file, write)
-        manifest["shapes"] = {name: list(a.shape[1:]) for name, a in acts.items()}
-        manifest["dtype"] = str(next(iter(acts.values())).dtype).removeprefix("torch.")
-        manifest["shards"].append({"file": file, "start": start, "count": len(chunk_toks), **written})
+    def listed(shard: _Shard, written: dict) -> None:  # in the writer thread, once the shard is in place
+        manifest["shapes"] = {name: list(shape[1:]) for name, (_, shape) in shard.specs.items()}
+        manifest["dtype"] = str(shard.specs[shard.hooks[0]][0]).removeprefix("torch.")
+        manifest["shards"].append({"file": shard.path.name, "start": shard.start, "count": shard.count, **written})
         manifest["shards"].sort(key=lambda s: s["start"])
         manifest["complete"] = len(manifest["shards"]) == len(starts)
         write_json(manifest_path, manifest)
-        bar.update(len(chunk_toks))
+        bar.update(shard.count)
+
+    # The model runs here while a writer thread writes each batch to its shard's file (the writes release the
+    # GIL): no shard is assembled in memory, and at the end only the last batch's write and the last shard's
+    # digest are left to wait for.
+    writer = _ShardWriter(listed)
+    try:
+        for start in starts:
+            if start in done:
+                continue
+            chunk_toks = toks[start : start + shard_size]
+            lengths = torch.tensor([len(t) for t in chunk_toks])
+            padded = pad_sequence(chunk_toks, batch_first=True, padding_value=model.tokenizer.pad_token_id or 0)
+            path = out_dir / f"shard-{start // shard_size:05d}.safetensors"
+            shard = None
+            # The user's patterns, not the expanded names: hooks a glob matched that never fire are dropped.
+            for rows, acts in cached_batches(model, chunk_toks, hooks, positions, batch_size, pad_to=pad_to):
+                if shard is None:  # the first batch has run: every tensor's shape is known, the file can start
+                    specs = {name: (a.dtype, (len(chunk_toks), *cached_row_shape(name, a, pad_to)))
+                             for name, a in acts.items()}
+                    shard = writer.open(path, start, specs, {"tokens": padded.cpu(), "lengths": lengths})
+                writer.batch(shard, rows, acts)
+                del acts
+            writer.close(shard)
+        writer.finish()
+    finally:
+        writer.stop()  # after an error: the shard being written is discarded, complete ones are kept
     bar.close()
     if not starts:
         raise WorkbenchError("no prompts to cache")
     return out_dir
+
+
+_SAFETENSORS_DTYPES = {
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.float8_e5m2: "F8_E5M2",
+    torch.float8_e4m3fn: "F8_E4M3", torch.int16: "I16", torch.uint16: "U16", torch.float16: "F16",
+    torch.bfloat16: "BF16", torch.int32: "I32", torch.uint32: "U32", torch.float32: "F32", torch.float64: "F64",
+    torch.int64: "I64", torch.uint64: "U64",
+}
+"""safetensors' names of the dtypes it stores, in its order: ``save_file`` writes tensors by this order, last
+first, then by name."""
+
+
+def _safetensors_layout(
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]
+) -> tuple[bytes, dict[str, int], int] | None:
+    """The header ``safetensors.torch.save_file`` writes for tensors of these dtypes and shapes (8-byte length,
+    then the JSON padded with spaces to 8 bytes), each tensor's byte offset in the file and the file's size; None
+    where this module does not lay the file out itself (a dtype outside the table, a big-endian machine)."""
+    if sys.byteorder != "little" or any(dtype not in _SAFETENSORS_DTYPES for dtype, _ in specs.values()):
+        return None
+    rank = {dtype: i for i, dtype in enumerate(_SAFETENSORS_DTYPES)}
+    header, offsets, at = {}, {}, 0
+    for k in sorted(specs, key=lambda k: (-rank[specs[k][0]], k)):
+        dtype, shape = specs[k]
+        size = math.prod(shape) * dtype.itemsize
+        header[k] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [at, at + size]}
+        offsets[k] = at
+        at += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    head = struct.pack("<Q", len(text)) + text
+    return head, {k: len(head) + off for k, off in offsets.items()}, len(head) + at
+
+
+def _bytes(t: Tensor) -> memoryview:
+    """A contiguous CPU tensor's bytes, without a copy."""
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Shard:
+    """One shard being written from batches of activations: its file (temporary until complete), the layout of
+    its tensors, and the batches waiting to be written."""
+
+    def __init__(self, path: Path, start: int, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                 extra: dict[str, Tensor], release: Callable[[Iterable[Tensor]], None] = lambda bufs: None):
+        self.path, self.start, self.specs, self.extra, self.release = path, start, specs, extra, release
+        self.hooks = list(specs)
+        self.count = len(extra["lengths"])
+        self.pending: queue.Queue = queue.Queue(maxsize=4)  # (rows, acts) per batch; then None, or _Aborted
+
+    def _batches(self) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
+        while (item := self.pending.get()) is not None:
+            if item is _Aborted:
+                raise _Aborted
+            yield item
+
+    def write(self, tmp: Path) -> dict:
+        """Write the file at ``tmp`` as batches arrive; its size and SHA-256 once complete (read back, as
+        :func:`file_digest` does). The bytes are those ``save_file`` writes for the same tensors."""
+        layout = _safetensors_layout(self.specs | {k: (t.dtype, tuple(t.shape)) for k, t in self.extra.items()})
+        if layout is None:  # safetensors writes this one: gather the shard, save it once complete
+            full = {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in self.specs.items()}
+            for rows, acts in self._batches():
+                for name, act in acts.items():
+                    full[name][rows, : act.shape[1]] = act
+                self.release(acts.values())
+            save_file(full | self.extra, str(tmp))
+            return file_digest(tmp)
+        head, at, size = layout
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)  # the whole file at once; what no batch writes (padding) reads as zeros
+            _pwrite(fd, memoryview(head), 0)
+            for name, t in self.extra.items():
+                _pwrite(fd, _bytes(t.contiguous()), at[name])
+            row_bytes = {name: math.prod(shape[1:]) * dtype.itemsize for name, (dtype, shape) in self.specs.items()}
+            for rows, acts in self._batches():
+                for name, act in acts.items():
+                    data, n = _bytes(act), row_bytes[name]
+                    if act.shape[1:] == self.specs[name][1][1:]:  # whole rows: one write per run of consecutive rows
+                        first = 0
+                        for i in range(1, len(rows) + 1):
+                            if i == len(rows) or rows[i] != rows[i - 1] + 1:
+                                _pwrite(fd, data[first * n : i * n], at[name] + rows[first] * n)
+                                first = i
+                    else:  # shorter prompts than the shard's longest: each row's positions, then padding
+                        m = len(data) // len(rows)
+                        for i, row in enumerate(rows):
+                            _pwrite(fd, data[i * m : (i + 1) * m], at[name] + row * n)
+                    del data
+                self.release(acts.values())  # written: the buffers can take a later batch
+        finally:
+            os.close(fd)
+        return file_digest(tmp)
+
+
+class _ShardWriter:
+    """Writes shards from a thread while the caller runs the model: a shard's file is started when its first
+    batch has run (every shape is known then), each batch is written while the next one runs, and the file is
+    renamed into place (then ``listed(shard, {"bytes", "sha256"})`` is called, in this thread) once its last
+    batch is written. Shards complete in the order they were opened. An error in the writer is raised by the
+    caller's next call; the queues are bounded, so the caller runs at most a few batches ahead of the disk."""
+
+    def __init__(self, listed: Callable[[_Shard, dict], None]):
+        self.listed = listed
+        self.shards: queue.Queue = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.current: _Shard | None = None  # opened by the caller, not yet closed
+        # Written batches' buffers, reused for later batches of the same shape: the model's own activations are
+        # freed as soon as they are copied (as in a plain forward), and no batch faults in fresh memory.
+        self.spare: list[Tensor] = []
+        self.spare_lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
+        self.thread.start()
+
+    def _staged(self, act: Tensor) -> Tensor:
+        """A copy of ``act`` in a spare buffer of its shape (a new one if none is free)."""
+        with self.spare_lock:
+            i = next((i for i, b in enumerate(self.spare) if b.shape == act.shape and b.dtype == act.dtype), None)
+            buf = self.spare.pop(i) if i is not None else torch.empty(act.shape, dtype=act.dtype)
+        return buf.copy_(act)
+
+    def release(self, bufs: Iterable[Tensor]) -> None:
+        """Buffers whose batch is written (called by the writer thread); a few are kept for reuse."""
+        bufs = list(bufs)
+        with self.spare_lock:  # enough for the next batch and the one after it
+            self.spare.extend(bufs)
+            del self.spare[: max(0, len(self.spare) - 2 * len(bufs))]
+
+    def _run(self) -> None:
+        try:
+            while (shard := self.shards.get()) is not None:
+                written: dict = {}
+                atomic_write(shard.path, lambda tmp: written.update(shard.write(tmp)))
+                self.listed(shard, written)
+        except _Aborted:
+            pass
+        except BaseException as e:  # raised in the caller by its next call
+            self.error = e
+
+    def _put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            if not self.thread.is_alive():
+                return  # stopped after an abort: nothing more is written
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                pass
+
+    def open(self, path: Path, start: int, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+             extra: dict[str, Tensor]) -> _Shard:
+        """Start a shard of hooks of these dtypes and shapes (``[count, ...]``), plus the ``extra`` tensors."""
+        shard = _Shard(path, start, specs, extra, self.release)
+        self._put(self.shards, shard)
+        self.current = shard
+        return shard
+
+    def batch(self, shard: _Shard, rows: list[int], acts: dict[str, Tensor]) -> None:
+        """Rows ``rows`` (ascending) of every hook of ``shard``: ``acts[name]`` is ``[len(rows), ...]``, with
+        fewer positions than the shard's rows where they are padded."""
+        self._put(shard.pending, (list(rows), {name: self._staged(a) for name, a in acts.items()}))
+
+    def close(self, shard: _Shard) -> None:
+        """Every row of ``shard`` has been given: complete the file and list it."""
+        self._put(shard.pending, None)
+        self.current = None
+
+    def finish(self) -> None:
+        """Wait for every shard to be written; raise the writer's error if it had one."""
+        self._put(self.shards, None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """End the writer whatever happened: a shard still open is discarded (its temporary file removed)."""
+        if not self.thread.is_alive():
+            return
+        try:
+            if self.current is not None:
+                self._put(self.current.pending, _Aborted)
+            self._put(self.shards, None)
+        except BaseException:
+            pass
+        self.thread.join()
 
 
 def _is_int(v) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -74,20 +74,27 @@ def cache_activations(
     return cache_tokens(model, tokenize_prompts(model, list(prompts)), hooks, positions, batch_size)
 
 
+def cached_row_shape(name: str, act: Tensor, pad_to: int | None) -> tuple[int, ...]:
+    """The shape one prompt's cached ``name`` has, from a batch of its activations: its positions padded to
+    ``pad_to`` when given (attention patterns are never padded: their prompts all have one length)."""
+    if pad_to is None or name.endswith(PATTERN_HOOKS):
+        return tuple(act.shape[1:])
+    return (pad_to, *act.shape[2:])
+
+
 @torch.inference_mode()
-def cache_tokens(
+def cached_batches(
     model: HookedTransformer,
     toks: list[Tensor],
     hooks: str | Sequence[str],
     positions: Positions = None,
     batch_size: int = 256,
     pad_to: int | None = None,
-) -> dict[str, Tensor]:
-    """:func:`cache_activations` for prompts already tokenized (one 1-D tensor of ids per prompt).
-
-    With ``positions=None`` and ``pad_to``, prompts of different lengths are allowed: every position is kept and
-    the rows are zero-padded on the right to ``pad_to`` positions (the caller keeps the lengths to unpad).
-    """
+) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
+    """The batches :func:`cache_tokens` runs, one at a time: ``(rows, {name: activations})`` with the indices of
+    the batch's prompts in ``toks`` (ascending) and their selected activations on the CPU, unpadded
+    (``[len(rows), positions, ...]``). For a writer that takes each batch as it comes instead of one buffer per
+    hook."""
     names = resolve_hooks(model, hooks)
     if isinstance(positions, slice):
         raise WorkbenchError("positions must be an int, a list of ints, or None; not a slice")
@@ -106,7 +113,6 @@ def cache_tokens(
     if len(lengths) > 1 and any(n.endswith(PATTERN_HOOKS) for n in names):
         raise WorkbenchError("attention patterns of prompts of different lengths cannot be stacked (their key axes "
                              "differ): cache them for prompts of one length")
-    out: dict[str, Tensor] = {}
     by_len: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(toks):
         by_len[len(t)].append(i)
@@ -114,17 +120,40 @@ def cache_tokens(
     for _, idx in sorted(by_len.items()):
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
-            _, cache = model.run_with_cache(torch.stack([toks[i] for i in chunk]), names_filter=names)
+            logits, cache = model.run_with_cache(torch.stack([toks[i] for i in chunk]), names_filter=names)
             if first:
                 names = _fired(names, cache.cache_dict, hooks)
-            for name in names:
-                act = _select(name, cache[name], positions).cpu()
-                if first:  # one buffer per hook, filled in the caller's prompt order: no concatenation copies
-                    shape = act.shape[1:] if pad_to is None else (pad_to, *act.shape[2:])
-                    out[name] = (torch.empty if pad_to is None else torch.zeros)((len(toks), *shape), dtype=act.dtype)
-                if pad_to is None:
-                    out[name][chunk] = act
-                else:
-                    out[name][chunk, : act.shape[1]] = act
-            first = False
+                first = False
+            acts = {name: _select(name, cache[name], positions).cpu() for name in names}
+            del logits, cache  # only the selected activations outlive the batch
+            yield chunk, acts
+
+
+@torch.inference_mode()
+def cache_tokens(
+    model: HookedTransformer,
+    toks: list[Tensor],
+    hooks: str | Sequence[str],
+    positions: Positions = None,
+    batch_size: int = 256,
+    pad_to: int | None = None,
+) -> dict[str, Tensor]:
+    """:func:`cache_activations` for prompts already tokenized (one 1-D tensor of ids per prompt).
+
+    With ``positions=None`` and ``pad_to``, prompts of different lengths are allowed: every position is kept and
+    the rows are zero-padded on the right to ``pad_to`` positions (the caller keeps the lengths to unpad).
+    """
+    out: dict[str, Tensor] = {}
+    # Zero-filled only where a row can hold padding; consecutive rows are copied as a slice, not scattered.
+    zeros = pad_to is not None and bool(toks) and min(len(t) for t in toks) < pad_to
+    for chunk, acts in cached_batches(model, toks, hooks, positions, batch_size, pad_to):
+        rows = slice(chunk[0], chunk[-1] + 1) if chunk[-1] - chunk[0] == len(chunk) - 1 else chunk
+        for name, act in acts.items():
+            shape = cached_row_shape(name, act, pad_to)
+            if name not in out:  # one buffer per hook, filled in the caller's prompt order: no concatenation copies
+                out[name] = (torch.zeros if zeros else torch.empty)((len(toks), *shape), dtype=act.dtype)
+            if act.shape[1:] == shape:
+                out[name][rows] = act
+            else:
+                out[name][rows, : act.shape[1]] = act
     return out

@@ -102,3 +102,89 @@ def test_all_positions_of_mixed_lengths_are_padded_and_unpadded_on_read(model, t
     assert torch.allclose(rows, torch.cat(expect), atol=1e-6)
     no_bos = torch.cat(list(reader.iter_batches(hook, batch_size=5, skip_first=1)))
     assert torch.allclose(no_bos, torch.cat([e[1:] for e in expect]), atol=1e-6)
+
+
+def _resaved(path) -> bytes:
+    """What safetensors' own save_file writes for the tensors a shard holds."""
+    from safetensors.torch import load_file, save_file
+
+    out = path.with_name("resaved.safetensors")
+    save_file(load_file(str(path)), str(out))
+    data = out.read_bytes()
+    out.unlink()
+    return data
+
+
+@pytest.mark.parametrize("positions, hooks", [(-1, HOOKS), (None, HOOKS), ([-1, -2], "blocks.0.hook_*")])
+def test_shards_are_the_bytes_safetensors_writes(model, tmp_path, positions, hooks):
+    # Shards are written a batch at a time (padding left as zeros the file reads back): the files must be the
+    # ones save_file writes for the same tensors, and their manifest digests those of the files.
+    write_cache(model, "tiny", PROMPTS, hooks, tmp_path, positions=positions, shard_size=3, batch_size=2,
+                progress=False)
+    reader = CacheReader(tmp_path)  # checks every shard's size and SHA-256
+    for shard in reader.shards:
+        path = tmp_path / shard["file"]
+        assert path.read_bytes() == _resaved(path)
+    ref = cache_activations(model, PROMPTS, hooks, positions=-1)
+    for name in ref:
+        at = -1 if positions is None else 0
+        for i, p in enumerate(PROMPTS):
+            got = reader[name, i]
+            if positions is None:
+                got = got[: len(model.to_tokens(p)[0])]
+            torch.testing.assert_close(got[at], ref[name][i, 0], atol=1e-6, rtol=0)
+
+
+def test_attention_patterns_keep_their_head_axis_at_all_positions(model, tmp_path):
+    prompts = ["12+34=", "56+78=", "11+22="]
+    write_cache(model, "tiny", prompts, "blocks.0.attn.hook_pattern", tmp_path, positions=None, shard_size=2,
+                progress=False)
+    reader = CacheReader(tmp_path)
+    n = len(model.to_tokens(prompts[0])[0])
+    assert reader.manifest["shapes"]["blocks.0.attn.hook_pattern"] == [model.cfg.n_heads, n, n]
+    _, cache = model.run_with_cache(prompts[2])
+    assert torch.allclose(reader["blocks.0.attn.hook_pattern", 2], cache["blocks.0.attn.hook_pattern"][0], atol=1e-6)
+
+
+def test_a_failed_write_keeps_the_complete_shards_and_resumes(model, tmp_path, monkeypatch):
+    import workbench.cache_store as store
+
+    real, calls = store._pwrite, []
+
+    def failing(fd, data, offset):
+        calls.append(offset)
+        if len(calls) > 12:  # part way into the second shard
+            raise OSError(28, "No space left on device")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(store, "_pwrite", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    partial = CacheReader(tmp_path)
+    assert not partial.complete and 0 < len(partial) < len(PROMPTS)
+    monkeypatch.setattr(store, "_pwrite", real)
+    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False)
+    assert CacheReader(tmp_path).complete
+
+
+def test_an_error_while_caching_discards_only_the_open_shard(model, tmp_path, monkeypatch):
+    import workbench.cache_store as store
+
+    real, shards = store.cached_batches, []
+
+    def interrupted(*args, **kwargs):  # called once per shard
+        shards.append(args)
+        for i, item in enumerate(real(*args, **kwargs)):
+            if len(shards) == 2 and i == 1:  # the second shard's first batch is being written
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(store, "cached_batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "shard-00000.safetensors"]
+    assert len(CacheReader(tmp_path)) == 3
+    monkeypatch.setattr(store, "cached_batches", real)
+    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False)
+    assert CacheReader(tmp_path).complete and len(CacheReader(tmp_path)) == len(PROMPTS)

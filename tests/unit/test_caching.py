@@ -38,3 +38,31 @@ def test_mixed_lengths_with_positions_from_the_end(model):
         assert torch.allclose(act[i, 0], cache["blocks.0.hook_resid_post"][0, -1])
     with pytest.raises(WorkbenchError, match="different token lengths"):
         cache_activations(model, prompts, "blocks.0.hook_resid_post")
+
+
+def test_batches_come_in_ascending_rows_and_fill_the_buffers(model):
+    from workbench.caching import cache_tokens, cached_batches
+    from workbench.models.tokenizer import tokenize_prompts
+
+    prompts = ["1+2=", "478+256=", "36+59=", "9+9=", "12+34="]
+    toks = tokenize_prompts(model, prompts)
+    hook = "blocks.0.hook_resid_post"
+    batches = list(cached_batches(model, toks, hook, None, batch_size=2, pad_to=9))
+    assert sorted(i for rows, _ in batches for i in rows) == list(range(5))
+    for rows, acts in batches:
+        assert rows == sorted(rows) and {len(toks[i]) for i in rows} == {acts[hook].shape[1]}  # unpadded
+    out = cache_tokens(model, toks, hook, None, batch_size=2, pad_to=9)[hook]
+    assert out.shape == (5, 9, model.cfg.d_model)
+    for rows, acts in batches:
+        n = acts[hook].shape[1]
+        assert torch.equal(out[rows, :n], acts[hook]) and not out[rows, n:].any()  # padding is zeros
+
+
+def test_attention_patterns_are_not_padded_on_their_head_axis(model):
+    from workbench.caching import cache_tokens
+    from workbench.models.tokenizer import tokenize_prompts
+
+    toks = tokenize_prompts(model, ["12+34=", "56+78="])
+    out = cache_tokens(model, toks, ["blocks.0.attn.hook_pattern", "blocks.0.hook_resid_post"], None, pad_to=7)
+    assert out["blocks.0.attn.hook_pattern"].shape == (2, model.cfg.n_heads, 7, 7)
+    assert out["blocks.0.hook_resid_post"].shape == (2, 7, model.cfg.d_model)

@@ -5,9 +5,14 @@ import math
 import pytest
 import torch
 
+from unittest import mock
+
 from tests.helpers import tiny_model
 from tests.unit.training.test_reward import pairs
-from training.common import encode, sequence_logprob
+from training import dpo as dpo_module
+from training.common import (
+    Batch, PackedPairs, encode, encode_pairs, pack_pairs, packs_pairs, pair_batch, pair_logprobs, sequence_logprob,
+)
 from training.dpo import LOSSES, DPOConfig, dpo_loss, ipo_loss, train_dpo
 from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import weights_sha256
@@ -112,3 +117,77 @@ def test_missing_rejected_column_names_the_columns(tmp_path):
     rows = [{"prompt": "1+1=", "chosen": "2"}]
     with pytest.raises(WorkbenchError, match=r"\['prompt', 'chosen', 'rejected'\]"):
         train_dpo(tiny_model(), None, rows, DPOConfig(steps=1), tmp_path, progress=False)
+
+
+# Pairs whose sequences share more than the prompt (a common start of the completions), whose completions differ at
+# their first token, one completion the start of the other, and prompts of different lengths.
+PACKING_ROWS = [
+    {"prompt": "36+59=", "chosen": " 6+9+0=15 3+5+1=09 ans 95", "rejected": " 6+9+0=15 3+5+1=09 ans 97"},
+    {"prompt": "hint:12 1+2=", "chosen": "3", "rejected": "12"},
+    {"prompt": "9+9=", "chosen": "18", "rejected": "18 18"},
+    {"prompt": "478+256=", "chosen": "734 ok", "rejected": "734"},
+    {"prompt": "", "chosen": "1+1=2", "rejected": "1+1=3"},
+]
+
+
+def test_packed_pairs_give_each_sequences_logprobs_and_gradients():
+    model, rows = tiny_model(seed=3), PACKING_ROWS + pairs(6)
+    pairs_ = encode_pairs(model, rows)
+    assert packs_pairs(model)
+    idx = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
+    batch = pair_batch(pairs_, pack_pairs(pairs_, model.tokenizer.pad_token_id), idx, model.cfg.n_ctx)
+    assert isinstance(batch, PackedPairs)
+    # The shared tokens run once: pair 0's sequences (BOS, 6 prompt, 25 completion tokens and EOS each) share 31
+    # tokens, so its row holds 31 + 1 + 1 (each sequence's last token is only predicted, never an input).
+    first = int((idx == 0).nonzero())
+    assert batch.lengths[first].tolist() == [33, 33] and int(batch.width[first]) == 33
+    assert (batch.width < batch.lengths.sum(1) - 2).all()  # every pair shares at least its BOS and prompt
+    chosen, rejected = pair_logprobs(model, batch)
+    ref_chosen, ref_rejected = logps(model, [rows[i] for i in idx])
+    torch.testing.assert_close(chosen, ref_chosen, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rejected, ref_rejected, rtol=1e-5, atol=1e-5)
+    assert int(batch.chosen_mask.sum()) == int(encode(model, [r["prompt"] for r in rows],
+                                                      [r["chosen"] for r in rows]).completion_mask.sum())
+
+    def grads(c, r):
+        model.zero_grad()
+        (c.sum() - 0.3 * r.sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    packed_grads = grads(*pair_logprobs(model, batch))
+    plain_grads = grads(*logps(model, [rows[i] for i in idx]))
+    for name, g in plain_grads.items():
+        if not name.endswith("b_K"):  # b_K's true gradient is 0 (softmax ignores a shift of every key): float noise
+            torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-5, msg=name)
+    with torch.inference_mode():
+        again = pair_logprobs(model, batch)
+    assert torch.equal(again[0], chosen.detach()) and torch.equal(again[1], rejected.detach())
+
+
+def test_pairs_that_do_not_fit_packed_go_as_chosen_and_rejected_rows():
+    model = tiny_model()
+    pairs_ = encode_pairs(model, PACKING_ROWS)
+    packed = pack_pairs(pairs_, model.tokenizer.pad_token_id)
+    idx = torch.arange(len(PACKING_ROWS))
+    too_narrow = pair_batch(pairs_, packed, idx, n_ctx=int(packed.width.max()) - 1)  # a packed row would not fit
+    assert isinstance(too_narrow, Batch)
+    assert isinstance(pair_batch(pairs_, None, idx, model.cfg.n_ctx), Batch)
+    chosen, rejected = pair_logprobs(model, too_narrow)
+    ref_chosen, ref_rejected = logps(model, PACKING_ROWS)
+    assert torch.equal(chosen, ref_chosen) and torch.equal(rejected, ref_rejected)
+
+
+def test_training_on_packed_pairs_matches_chosen_and_rejected_rows(tmp_path):
+    cfg = DPOConfig(beta=0.5, lr=3e-3, steps=6, batch_size=8, rpo_alpha=0.5)
+    packed = train_dpo(tiny_model(), None, pairs(), cfg, tmp_path / "packed", progress=False)
+    with mock.patch.object(dpo_module, "packs_pairs", lambda model: False):
+        plain = train_dpo(tiny_model(), None, pairs(), cfg, tmp_path / "plain", progress=False)
+    runs = [[json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("packed", "plain")]
+    for a, b in zip(*runs):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
+    for (name, p), q in zip(packed.named_parameters(), plain.parameters()):
+        if not name.endswith("b_K"):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
