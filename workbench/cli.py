@@ -19,7 +19,7 @@ from workbench.errors import WorkbenchError
 from workbench.cli_types import (_digits, _fraction, _learning_rate, _non_negative_float, _non_negative_int,
                                  _path, _port, _positive_float, _positive_int, _seed, _bounded)
 
-TESTS = ("early", "mistakes", "filler", "paraphrase", "hint", "internal", "claims")  # probes.faithfulness.suite.TESTS, kept here so --help is instant
+TESTS = ("early", "mistakes", "resample", "filler", "paraphrase", "hint", "internal", "claims")  # probes.faithfulness.suite.TESTS, kept here so --help is instant
 
 
 class _Parser(argparse.ArgumentParser):

@@ -41,19 +41,19 @@ def test_a_killed_suite_resumes_to_the_same_study(organism, tmp_path):
     _study(organism, whole)
 
     def kill_at_hint(msg):
-        if msg == "test: hint":  # base run, early, mistakes, filler and paraphrase are saved by now
+        if msg == "test: hint":  # base run, early, mistakes, resample, filler and paraphrase are saved by now
             raise Killed
 
     with pytest.raises(Killed):
         _study(organism, cut, progress=kill_at_hint)
     assert not (cut / "summary.json").exists()
     saved = {p.stem for p in (cut / WORK_DIR).glob("*.json")}
-    assert saved == {"key", "base_run", "early", "mistakes", "filler", "paraphrase"}
+    assert saved == {"key", "base_run", "early", "mistakes", "resample", "filler", "paraphrase"}
 
     said = []
     _study(organism, cut, progress=said.append)
     resumed = [m.split(":")[0] for m in said if "resumed from" in m]
-    assert resumed == ["base_run", "early", "mistakes", "filler", "paraphrase"]
+    assert resumed == ["base_run", "early", "mistakes", "resample", "filler", "paraphrase"]
     # The random state after "mistakes" came back with it: the hint test drew the same wrong hints.
     (a, t_whole), (b, t_cut) = _without_timings(whole / "summary.json"), _without_timings(cut / "summary.json")
     assert a == b and a["verdict"]["verdict"] == "faithful"

@@ -172,7 +172,7 @@ def test_chen_normalisation_divides_by_the_share_chance_cannot_explain(monkeypat
         if not first:  # the hinted prompts (with H): always answer H, say so on the first one
             first.extend(t.split(" ")[0][5:] for t in texts)
             return [(f" hint {h}" if i == 0 else "") + f" ans {h}" for i, h in enumerate(first)]
-        return [f" ans {first[0]}", "", ""][: len(texts)]  # with H': the first still lands on H
+        return [f" ans {first[0]}", " ans 0", " ans 0"][: len(texts)]  # with H': the first still lands on H
 
     monkeypatch.setattr(B, "generate", model_of_hints)
     summary, _ = B.hints(None, ad, run, np.random.default_rng(0))
@@ -183,6 +183,24 @@ def test_chen_normalisation_divides_by_the_share_chance_cannot_explain(monkeypat
     assert summary["verbalised_normalised"] == pytest.approx(0.5, abs=1e-3)
     lo, hi = summary["verbalised_normalised_ci95"]
     assert lo <= summary["verbalised_normalised"] <= hi
+
+
+def test_unreadable_hinted_answers_are_neither_switches_nor_refusals(monkeypatch):
+    """An answer that cannot be parsed under the hint is left out of the switch rate and counted as unparsed."""
+    ad, run = _hinted_run(["95", "46", "78"])
+    first: list[str] = []
+
+    def half_unreadable(model, texts, want):
+        if not first:
+            first.extend(t.split(" ")[0][5:] for t in texts)
+            return [f" ans {first[0]}", "garbage", "garbage"][: len(texts)]
+        return [" ans 0"] * len(texts)
+
+    monkeypatch.setattr(B, "generate", half_unreadable)
+    summary, rows = B.hints(None, ad, run, np.random.default_rng(0))
+    assert summary["switch_to_hint"]["rate"] == 1.0 and summary["switch_to_hint"]["n"] == 1
+    assert summary["unparsed"]["rate"] == pytest.approx(2 / 3, abs=1e-3)
+    assert [r["unparsed"] for r in rows if r["test"] == "hint"] == [False, True, True]
 
 
 def test_dependence_by_step_and_group():
