@@ -187,24 +187,49 @@ class CircuitResult:
         return out
 
 
+def attribution_targets(rm: TransformerLensReplacementModel, target: tuple | None):
+    """circuit-tracer's ``attribution_targets`` for a target: ``("token", id)`` explains that token's logit,
+    ``("diff", a, b)`` the logit difference logit(a) - logit(b) (a custom unembedding direction, circuit-tracer's
+    ``CustomTarget``); None: the salient logits (circuit-tracer's default)."""
+    if target is None:
+        return None
+    kinds = {"token": 2, "diff": 3}
+    if not isinstance(target, tuple) or not target or target[0] not in kinds or len(target) != kinds[target[0]]:
+        raise WorkbenchError(f"target must be None, ('token', id) or ('diff', id_a, id_b); got {target!r}")
+    ids = target[1:]
+    if not all(isinstance(t, int) and 0 <= t < rm.cfg.d_vocab for t in ids):
+        raise WorkbenchError(f"target token ids {list(ids)} are outside the vocabulary (0..{rm.cfg.d_vocab - 1})")
+    if target[0] == "token":
+        return torch.tensor([target[1]])
+    from circuit_tracer.attribution.targets import CustomTarget
+
+    _, a, b = target
+    name = f"logit({rm.tokenizer.decode([a])!r}) - logit({rm.tokenizer.decode([b])!r})"
+    w_u = rm.unembed.W_U if hasattr(rm.unembed, "W_U") else rm.W_U
+    return [CustomTarget(name, 1.0, (w_u[:, a] - w_u[:, b]).detach().clone())]
+
+
 def attribute_prompt(rm: TransformerLensReplacementModel, prompt: str, max_n_logits: int = 5,
                      desired_logit_prob: float = 0.95, batch_size: int = 256,
-                     max_feature_nodes: int | None = None) -> CircuitResult:
+                     max_feature_nodes: int | None = None, target: tuple | None = None) -> CircuitResult:
     """The attribution graph of ``prompt``'s next-token prediction, on exactly ``model.to_tokens(prompt)`` (BOS
-    first where the model prepends one, nothing added where it does not)."""
+    first where the model prepends one, nothing added where it does not). ``target`` chooses what is explained
+    (:func:`attribution_targets`); by default the most likely logits up to ``desired_logit_prob``."""
     if not isinstance(prompt, str) or not prompt:
         raise WorkbenchError("prompt must be a non-empty string")
     if max_n_logits < 1 or not 0 < desired_logit_prob <= 1 or batch_size < 1:
         raise WorkbenchError("need max_n_logits >= 1, 0 < desired_logit_prob <= 1 and batch_size >= 1")
     if max_feature_nodes is not None and max_feature_nodes < 1:
         raise WorkbenchError(f"max_feature_nodes must be >= 1 or None (all), got {max_feature_nodes}")
+    targets = attribution_targets(rm, target)
     tokens = tokenize_prompts(rm, [prompt])[0]
     start = time.perf_counter()
     with warnings.catch_warnings():  # torch warns on every backward pass that no *input* requires grad: by design
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        kw = {} if targets is None else {"attribution_targets": targets}
         graph = attribute(tokens, rm, max_n_logits=min(max_n_logits, rm.cfg.d_vocab_out),
                           desired_logit_prob=desired_logit_prob, batch_size=batch_size,
-                          max_feature_nodes=max_feature_nodes)
+                          max_feature_nodes=max_feature_nodes, **kw)
     seconds = time.perf_counter() - start
     ids = tokens.tolist()
     if graph.input_tokens.tolist() != ids:  # a replacement model not built by replacement_model() adds a BOS

@@ -104,14 +104,28 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"--organism {args.organism!r} has no planted truth; one of {', '.join(GROUND_TRUTH)}")
     model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     truth = GROUND_TRUTH.get(args.organism or str(args.model))
-    summary, rows = run_suite(model, AdditionAdapter(digits=args.digits), n=args.n, tests=args.tests, seed=args.seed,
+    adapter = AdditionAdapter(digits=args.digits, widths=tuple(args.widths))
+    summary, rows = run_suite(model, adapter, n=args.n, tests=args.tests, seed=args.seed,
                               progress=lambda msg: print(f"[faithfulness] {msg}", file=sys.stderr),
                               work_dir=args.out / WORK_DIR)  # a killed study resumes from its finished tests
     files = write_study(args.out, str(args.model), summary, rows, truth)
     v = summary["verdict"]
-    print(json.dumps({"verdict": v["verdict"], "ground_truth": truth, "why": v["why"], "scores": v["scores"],
+    deciding = [{k: d.get(k) for k in ("name", "rate", "ci95", "n", "threshold", "side")} for d in v["deciding"]]
+    print(json.dumps({"verdict": v["verdict"], "ground_truth": truth, "rule": v["rule"], "why": v["why"],
+                      "where": v["where"], "deciding": deciding, "margin": v["margin"], "scores": v["scores"],
                       "seconds": summary["timings_seconds"]["total"], "files": [str(f) for f in files]}, indent=2))
     return 0
+
+
+def _widths(text: str) -> list[int]:
+    """'2,3': operand widths in 1..5, each once."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated operand widths in 1..5, got {text!r}") from None
+    if not values or any(not 1 <= v <= 5 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated operand widths in 1..5, each once, got {text!r}")
+    return values
 
 
 def _positions(text: str):
@@ -406,7 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tests", nargs="+", choices=list(TESTS), default=list(TESTS), help="tests to run (default: all)")
     f.add_argument("--n", type=_bounded(int, lambda v: v >= 20, "an integer >= 20"), default=1000, help="problems")
     f.add_argument("--digits", type=_bounded(int, lambda v: 1 <= v <= 5, "an integer in 1..5"), default=3,
-                   help="operand digits of the problems")
+                   help="operand digits of the problems the probes and claims use (one width: aligned positions)")
+    f.add_argument("--widths", type=_widths, default=[2, 3],
+                   help="operand widths the suite's problems mix, each operand's drawn from these (default 2,3, as "
+                        "the organisms were trained); the dependence is reported per width")
     f.add_argument("--organism", help="score the verdict against this organism's planted truth (default: MODEL's name)")
     f.add_argument("--seed", type=_seed, default=0)
     f.add_argument("--out", type=_path, required=True, help="output directory (summary.json, examples.parquet, report.html)")

@@ -45,46 +45,10 @@ TARGETS = ("the answer's digit", "a token you name", "a logit difference")
 
 
 def attribute_target(rm, text: str, target: tuple | None):
-    """:func:`workbench.circuits.attribute_prompt` with a chosen target: ``("token", id)`` explains that token's
-    logit, ``("diff", a, b)`` logit(a) - logit(b) (a custom unembedding direction); None: the salient logits."""
-    import time
-    import warnings
+    """:func:`workbench.circuits.attribute_prompt` with the page's chosen target."""
+    from workbench.circuits import attribute_prompt
 
-    import torch
-    from circuit_tracer.attribution.attribute import attribute
-    from circuit_tracer.attribution.targets import CustomTarget
-    from circuit_tracer.graph import compute_graph_scores
-
-    from workbench.circuits import CircuitResult, attribute_prompt
-    from workbench.models.tokenizer import tokenize_prompts
-
-    from workbench.errors import WorkbenchError
-
-    if target is None or not isinstance(text, str) or not text:
-        return attribute_prompt(rm, text)  # which refuses an empty text with its own message
-    if not 0 <= target[1] < rm.cfg.d_vocab or (target[0] == "diff" and not 0 <= target[2] < rm.cfg.d_vocab):
-        raise WorkbenchError(f"target token ids {target[1:]} are outside the vocabulary")
-    tokens = tokenize_prompts(rm, [text])[0]
-    if target[0] == "token":
-        targets = torch.tensor([target[1]])
-    else:
-        _, a, b = target
-        name = f"logit({rm.tokenizer.decode([a])!r}) - logit({rm.tokenizer.decode([b])!r})"
-        w_u = rm.unembed.W_U if hasattr(rm.unembed, "W_U") else rm.W_U
-        targets = [CustomTarget(name, 1.0, (w_u[:, a] - w_u[:, b]).detach().clone())]
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        graph = attribute(tokens, rm, attribution_targets=targets, batch_size=256)
-    seconds = time.perf_counter() - start
-    replacement_score, completeness = compute_graph_scores(graph)
-    ids = tokens.tolist()
-    return CircuitResult(
-        graph=graph, prompt=text, tokens=ids, str_tokens=[rm.tokenizer.decode([t]) for t in ids],
-        replacement_score=replacement_score, completeness_score=completeness, seconds=seconds,
-        n_active_features=len(graph.active_features), n_feature_nodes=len(graph.selected_features),
-        top_token=graph.logit_targets[0].token_str, top_prob=float(graph.logit_probabilities[0]),
-        tokenizer=rm.tokenizer)
+    return attribute_prompt(rm, text, target=target)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

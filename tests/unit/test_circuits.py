@@ -120,6 +120,19 @@ def test_max_feature_nodes_caps_the_graph(organism):
     assert len(capped.graph.logit_targets) <= 2
 
 
+def test_attribution_targets(organism):
+    """A chosen token's logit, or a logit difference (circuit-tracer's CustomTarget): one logit node each."""
+    model, _, rm = organism
+    tok = model.to_single_token("7")
+    one = attribute_prompt(rm, PROMPT, target=("token", tok))
+    assert [t.token_str for t in one.graph.logit_targets] == ["7"]
+    diff = attribute_prompt(rm, PROMPT, target=("diff", tok, model.to_single_token("3")))
+    assert len(diff.graph.logit_targets) == 1 and "logit('7') - logit('3')" in diff.graph.logit_targets[0].token_str
+    for bad in [("token",), ("token", 10**6), ("diff", tok), ("sum", 1, 2), "7"]:
+        with pytest.raises(WorkbenchError, match="target"):
+            attribute_prompt(rm, PROMPT, target=bad)
+
+
 @pytest.mark.parametrize("prompt", ["", "36*59="])
 def test_attribute_refuses_bad_prompts(organism, prompt):
     with pytest.raises(WorkbenchError):
