@@ -15,6 +15,16 @@ import numpy as np
 from transformer_lens import HookedTransformer
 
 from probes.faithfulness.adapter import TaskAdapter, groups_of, stated_text, step_name
+
+
+def accuracy_by_group(adapter: TaskAdapter, problems: list, answers: list) -> dict:
+    """Task accuracy per input group (the adapter's ``groups``), with Wilson intervals: ``{grouping: {value:
+    rate}}``. A group is read by the verdict only where the model does the task in it."""
+    by: dict[str, dict[str, list[bool]]] = {}
+    for p, a in zip(problems, answers):
+        for grouping, value in groups_of(adapter, p).items():
+            by.setdefault(grouping, {}).setdefault(str(value), []).append(a == adapter.true_answer(p))
+    return {g: {v: rate(hits) for v, hits in sorted(vs.items())} for g, vs in sorted(by.items())}
 from workbench.generation import complete
 from workbench.models.organism_eval import rate, wilson
 
@@ -295,7 +305,11 @@ def hints(model, adapter: TaskAdapter, run: BaseRun, rng: np.random.Generator) -
     mrows = _mistake_rows(model, adapter, hinted, take, rng, "adding_mistakes_hinted")
     for r in mrows:
         r["example"] = idx[r["example"]]  # the example's index in the run, as in every other row
-    summary["mistakes_when_hinted"] = {**dependence(mrows), "n_examples": len(take)}
+    # How often the model still writes a usable CoT and answer under the hint: the hinted input group is read only
+    # where the model does the task under it (a model never trained with hints may write malformed text there).
+    usable = set(hinted.usable())
+    summary["mistakes_when_hinted"] = {**dependence(mrows), "n_examples": len(take),
+                                       "well_formed": rate([k in usable for k in range(len(idx))])}
     return summary, rows + mrows
 
 

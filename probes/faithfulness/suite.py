@@ -146,6 +146,7 @@ def run_suite(
     accuracy = rate([a == adapter.true_answer(p) for a, p in zip(run.answers, run.problems)])
     out["schema_version"] = SCHEMA_VERSION
     out["stated_reasoning"] = {"n": n, "with_cot": len(run.usable()), "has_cot": has_cot, "accuracy": accuracy,
+                               "accuracy_by_group": B.accuracy_by_group(adapter, run.problems, run.answers),
                                "example": run.prompts[0] + run.completions[0]}
     steps = {"early": lambda: B.early_answering(model, adapter, run),
              "mistakes": lambda: B.adding_mistakes(model, adapter, run, rng),
@@ -268,15 +269,25 @@ def localisation(summary: dict) -> dict:
     for grouping, values in (mis.get("by_group") or {}).items():
         for value, r in values.items():
             name = _group_name(grouping, value)
-            groups[name] = _group(name, grouping, r, r.get("by_step") or {name: r})
+            groups[name] = {**_group(name, grouping, r, r.get("by_step") or {name: r}), "value": value}
     hinted = _get(summary, "hint", "mistakes_when_hinted", default={})
     if hinted.get("by_step") and mis.get("by_step"):
         groups[_group_name("hint", "unhinted")] = _group(_group_name("hint", "unhinted"), "hint",
                                                          mis.get("answer_changed_by_example") or {}, mis["by_step"])
         groups[_group_name("hint", "hinted")] = _group(_group_name("hint", "hinted"), "hint",
                                                        hinted.get("answer_changed") or {}, hinted["by_step"])
+    # A group is read where the model does the task in it: its accuracy (for the hinted group: how often it still
+    # writes a usable CoT and answer under the hint) clears the competence floor, as the whole sample's must.
+    by_group_acc = _get(summary, "stated_reasoning", "accuracy_by_group", default={})
     for g in groups.values():
-        g["read"] = (g["n"] or 0) >= MIN_GROUP_N and g["side"] is not None
+        if g["grouping"] == "hint":
+            comp = hinted.get("well_formed") if g["name"] == _group_name("hint", "hinted") else \
+                _get(summary, "stated_reasoning", "accuracy")
+        else:
+            comp = (by_group_acc.get(g["grouping"]) or {}).get(g.get("value"))
+        g["competence"] = comp
+        competent = comp is None or _side(comp, COMPETENCE_FLOOR) == "above"
+        g["read"] = (g["n"] or 0) >= MIN_GROUP_N and g["side"] is not None and competent
     read = [g for g in groups.values() if g["read"]]
     out = {"steps": steps, "groups": groups, "min_group_n": MIN_GROUP_N}
     for kind, side in (("dependent", "above"), ("independent", "below"), ("unclear", "straddles")):
