@@ -104,7 +104,15 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"--organism {args.organism!r} has no planted truth; one of {', '.join(GROUND_TRUTH)}")
     model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     truth = GROUND_TRUTH.get(args.organism or str(args.model))
-    adapter = AdditionAdapter(digits=args.digits, widths=tuple(args.widths))
+    if args.adapter is not None:
+        from probes.faithfulness.loading import load_adapter
+
+        if args.digits is not None or args.widths is not None:
+            raise WorkbenchError("--digits and --widths set the built-in addition task; a task --adapter sets its "
+                                 "own problems")
+        adapter = load_adapter(args.adapter)
+    else:
+        adapter = AdditionAdapter(digits=args.digits or 3, widths=tuple(args.widths or (2, 3)))
     summary, rows = run_suite(model, adapter, n=args.n, tests=args.tests, seed=args.seed,
                               progress=lambda msg: print(f"[faithfulness] {msg}", file=sys.stderr),
                               work_dir=args.out / WORK_DIR)  # a killed study resumes from its finished tests
@@ -419,9 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("model", help="organism name, checkpoint dir, local HF dir or TransformerLens name")
     f.add_argument("--tests", nargs="+", choices=list(TESTS), default=list(TESTS), help="tests to run (default: all)")
     f.add_argument("--n", type=_bounded(int, lambda v: v >= 20, "an integer >= 20"), default=1000, help="problems")
-    f.add_argument("--digits", type=_bounded(int, lambda v: 1 <= v <= 5, "an integer in 1..5"), default=3,
-                   help="operand digits of the problems the probes and claims use (one width: aligned positions)")
-    f.add_argument("--widths", type=_widths, default=[2, 3],
+    f.add_argument("--adapter", help="the task, as 'package.module:Class' or 'path/to/file.py:Class' (a task adapter, "
+                                      "docs/faithfulness.md; default: the built-in addition task)")
+    f.add_argument("--digits", type=_bounded(int, lambda v: 1 <= v <= 5, "an integer in 1..5"), default=None,
+                   help="operand digits of the problems the probes and claims use (one width: aligned positions; "
+                        "default 3)")
+    f.add_argument("--widths", type=_widths, default=None,
                    help="operand widths the suite's problems mix, each operand's drawn from these (default 2,3, as "
                         "the organisms were trained); the dependence is reported per width")
     f.add_argument("--organism", help="score the verdict against this organism's planted truth (default: MODEL's name)")

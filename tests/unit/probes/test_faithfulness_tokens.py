@@ -189,3 +189,21 @@ def test_unreadable_hinted_answers_count_as_possible_switches_only_if_they_write
     assert v["verdict"] == label, v["why"]
     if label == "undetermined":
         assert v["rule"] == "unparsed" and "200 of which could be hits" in v["why"]
+
+
+def test_faithfulness_command_runs_its_internal_tests_on_a_bpe_model(tmp_path, capsys):
+    """`workbench faithfulness DIR --tests internal` used to fail on every BPE model (prompt lengths were
+    counted in characters); it runs, and says why where a test cannot."""
+    import json
+
+    from workbench.cli import main
+
+    gpt2_dir(tmp_path / "m")
+    assert main(["faithfulness", str(tmp_path / "m"), "--n", "20", "--tests", "internal", "hint",
+                 "--out", str(tmp_path / "o")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "undetermined" and out["rule"] == "competence"  # a random model cannot add
+    internal = json.loads((tmp_path / "o" / "summary.json").read_text())["internal"]
+    assert set(internal) == {"answer_before_cot", "answer_in_lens", "pathways"}
+    abc = internal["answer_before_cot"]
+    assert abc["supported"] or "token length" in abc["why"]
