@@ -21,6 +21,7 @@ import copy
 import json
 import math
 import re
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -387,6 +388,28 @@ def validate_by_intervention(rm: TransformerLensReplacementModel, result: Circui
         "direct_max_abs_error": max((abs(r["predicted_direct"] - r["measured_direct"]) for r in rows), default=0.0),
         "features": rows,
     }
+
+
+def start_frontend(directory: str | Path | None = None, port: int = 0):
+    """circuit-tracer's frontend serving ``directory`` (a new temporary one when None, with an empty index) on
+    ``port`` (0: a free one). Returns ``(directory, port, server)``; graphs written there later with
+    :func:`write_graph_json` show up on reload at ``http://localhost:<port>/index.html?slug=<slug>``."""
+    import socket
+
+    directory = Path(tempfile.mkdtemp(prefix="workbench-graphs-")) if directory is None else Path(directory)
+    if not (directory / GRAPH_INDEX).is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / GRAPH_INDEX, lambda p: p.write_text(json.dumps({"graphs": []})))
+    if port == 0:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+    return directory, port, serve_graphs(directory, port)
+
+
+def frontend_url(port: int, slug: str) -> str:
+    """The frontend's page for one graph."""
+    return f"http://localhost:{port}/index.html?slug={slug}"
 
 
 def serve_graphs(directory: str | Path, port: int = 8032):

@@ -64,6 +64,23 @@ def validation(spec: str, tc_dir: str, stamp: int, prompt: str, n: int, target: 
                                     n)
 
 
+def _list_graph(directory: str, slug: str, zipped: bytes) -> None:
+    """Add the graph's entry (from the zip's index) to the frontend directory's index, replacing one of its slug."""
+    import io
+    import json
+    import zipfile
+
+    from workbench.circuits import GRAPH_INDEX
+    from workbench.io import atomic_write
+
+    with zipfile.ZipFile(io.BytesIO(zipped)) as z:
+        entry = json.loads(z.read(GRAPH_INDEX))["graphs"]
+    index_path = Path(directory) / GRAPH_INDEX
+    index = json.loads(index_path.read_text())
+    index["graphs"] = [g for g in index["graphs"] if g.get("slug") != slug] + entry
+    atomic_write(index_path, lambda p: p.write_text(json.dumps(index)))
+
+
 def slug_of(prompt: str) -> str:
     return ("graph-" + re.sub(r"[^A-Za-z0-9_.-]", "_", prompt))[:128]
 
@@ -84,6 +101,15 @@ def graph_files(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold:
             for f in sorted(Path(tmp).iterdir()):
                 z.write(f, f.name)
         return path.read_bytes(), buf.getvalue()
+
+
+@st.cache_resource(show_spinner=False)
+def frontend() -> tuple[str, int]:
+    """circuit-tracer's own frontend, serving a directory of this explorer's graphs (started once per process)."""
+    from workbench.circuits import start_frontend
+
+    directory, port, _ = start_frontend()
+    return str(directory), port
 
 
 @st.cache_data(show_spinner=False)
@@ -425,6 +451,19 @@ if model is not None:
                                    mime="application/json")
                 d2.download_button("Download graph + index (zip)", files[1], file_name=f"{slug_of(text)}.zip",
                                    mime="application/zip")
+                if st.toggle("Open in circuit-tracer's frontend (pin nodes, group supernodes, subgraphs)",
+                             key="circuit_frontend"):
+                    import streamlit.components.v1 as components
+
+                    from workbench.circuits import frontend_url
+
+                    directory, port = frontend()
+                    slug = slug_of(text)
+                    (Path(directory) / f"{slug}.json").write_bytes(files[0])
+                    guarded(_list_graph, directory, slug, files[1])
+                    components.iframe(frontend_url(port, slug), height=900, scrolling=True)
+                    st.caption(f"circuit-tracer's frontend, served by this explorer at {frontend_url(port, slug)} "
+                               "(if the explorer runs on another machine, forward that port too).")
                 st.caption("To open it in circuit-tracer's frontend: unzip into DIR (the JSON plus graph-metadata.json), "
                            "then `workbench circuit-serve DIR`, or in Python `from circuit_tracer.frontend.local_server "
                            "import serve; serve(data_dir=DIR)`, and open http://localhost:8032/index.html.")

@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from apps.common import guarded, model_stamp, pick_model, picked_spec, seed, shared
-from apps.stated import describe
+from probes.faithfulness.per_prompt import describe
 from probes.causal import causal_check
 from probes.study import TEXTS, probe_texts
 from probes.sweep import best_site, collect_resid, matrix, probe_sweep

@@ -24,7 +24,7 @@ from apps.common import (
     valid_text,
     visible,
 )
-from apps.stated import (
+from probes.faithfulness.per_prompt import (
     REFERENCE_N,
     build_reference,
     describe,

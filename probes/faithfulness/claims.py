@@ -364,3 +364,10 @@ def claims(model: HookedTransformer, problems: list[Problem], source: str, cfg: 
 def _bare(completion: str) -> int | None:
     text = completion.strip()
     return int(text) if text.isdigit() else None
+
+
+def claims_for_prompt(*args, **kwargs):
+    """The claims of one prompt, each marked: :func:`probes.faithfulness.per_prompt.claims_for_prompt`."""
+    from probes.faithfulness.per_prompt import claims_for_prompt as one
+
+    return one(*args, **kwargs)

@@ -237,3 +237,29 @@ def test_transcoder_set_accepts_matching_metadata(tiny):
     rm = replacement_model(tiny, tcs, scan="my-scan")
     assert rm.scan == "my-scan" and len(rm.transcoders) == 2
     assert not any(p.requires_grad is False for p in tcs[0].parameters())  # the caller's transcoders untouched
+
+
+def test_frontend_serves_a_written_graph(result, tmp_path):
+    """circuit-tracer's own frontend, started on a free port, serves its page and a graph written after it
+    started (what the explorer's Circuit page embeds)."""
+    import urllib.request
+
+    from workbench.circuits import frontend_url, start_frontend
+
+    import gzip
+
+    def get(url):
+        with urllib.request.urlopen(url, timeout=10) as r:  # the server gzips files over 1 MB
+            body = r.read()
+            return gzip.decompress(body) if r.headers.get("Content-Encoding") == "gzip" else body
+
+    directory, port, server = start_frontend(tmp_path / "graphs")
+    try:
+        write_graph_json(result, directory, "g1")
+        assert "attribution graph" in get(frontend_url(port, "g1")).decode().lower()
+        graph = json.loads(get(f"http://localhost:{port}/graph_data/g1.json"))
+        assert graph["metadata"]["slug"] == "g1"
+        index = json.loads(get(f"http://localhost:{port}/data/graph-metadata.json"))
+        assert [g["slug"] for g in index["graphs"]] == ["g1"]
+    finally:
+        server.stop()

@@ -1,4 +1,5 @@
-"""One prompt's stated reasoning set beside the model's internals: what the "Stated vs internal" page shows.
+"""One prompt's stated reasoning set beside the model's internals (the explorer's "Stated vs internal" page, and
+:func:`claims_for_prompt` for scripts).
 
 For one problem ``a+b=`` and one model:
 
@@ -18,9 +19,8 @@ For one problem ``a+b=`` and one model:
   restore says how much of the digit flows from that group.
 
 The reference the per-prompt marks need (the probes and their sites, the class means, the push sites and the
-claims test's own rates over held-out problems of the prompt's shape) is computed once per model and shape.
-Everything here calls the library's public functions; the per-prompt marks belong in
-:mod:`probes.faithfulness.claims` (a ``claims_for_prompt``), and this module is their stand-in until then.
+claims test's own rates over held-out problems of the prompt's shape) is computed once per model and shape
+(:func:`build_reference`; pass it back to :func:`claims_for_prompt` to reuse it across prompts).
 """
 
 from __future__ import annotations
@@ -491,3 +491,41 @@ def marks_sentence(stated: Stated) -> str:
         sentence += (lead + ", ".join(ignored) + ": " + ("that value is" if len(ignored) == 1 else "those values are")
                      + " stated but not used.")
     return sentence
+
+
+def claims_for_prompt(model, prompt: str, completion: str | None = None, explanation: str | None = None,
+                      reference: Reference | None = None, reference_n: int = REFERENCE_N) -> tuple[Stated, Reference | None, str]:
+    """Every value ``model`` states on ``prompt`` (``a+b=``), each marked true? / represented before it is stated?
+    / used when intervened on?, as the claims test measures them, on this one prompt.
+
+    ``completion`` is what the model writes after the prompt (generated greedily when None); for a model that
+    answers without a CoT, ``explanation`` is what it writes after ``a+b= why?`` (generated when None). The
+    reference (probes, sites, class means, push sites, measured on held-out problems of the prompt's shape, never
+    this one) is built when not given. Returns the stated values with their marks, the reference, and one
+    sentence saying what the marks show (or why none were measured)."""
+    from probes.faithfulness.behaviour import generate
+
+    if completion is None:
+        completion = generate(model, [prompt], 64)[0]
+    if explanation is None and formats.ANSWER_MARK not in completion and not completion.startswith(" "):
+        explanation = generate(model, [prompt + formats.WHY_MARK], 96)[0]
+    stated = read_stated(prompt, completion, explanation)
+    if stated.source is None or not stated.values:
+        return stated, reference, "the model states no value to check on this prompt"
+    shape = shape_of(stated.problem)
+    if reference is not None and (reference.shape != shape or reference.source != stated.source):
+        raise WorkbenchError(f"the reference was built for {reference.shape} problems stated as {reference.source}; "
+                             f"this prompt is {shape}, stated as {stated.source}")
+    if reference is not None and stated.problem in reference.problems:
+        raise WorkbenchError("the reference's probes were fitted or judged on this very problem; build one that "
+                             "excludes it (build_reference(..., exclude=problem))")
+    if reference is None:
+        problems = reference_problems(shape, reference_n, None)
+        exclude = stated.problem if stated.problem in problems else None  # never probe with a probe trained on it
+        reference = build_reference(model, shape, stated.source, exclude, reference_n)
+    if stated.source == "cot":
+        mark_used_by_edit(model, stated)
+    else:
+        mark_used_by_push(model, stated, reference)
+    mark_represented(model, stated, reference)
+    return stated, reference, marks_sentence(stated)
