@@ -39,6 +39,7 @@ from probes.faithfulness.adapter import AdditionAdapter, TaskAdapter
 from probes.faithfulness.claims import claims
 from probes.faithfulness.internal import answer_before_cot, answer_in_lens, pathways
 from probes.faithfulness.resample import step_importance
+from probes.faithfulness.task_claims import supports_claims, task_claims
 from workbench.models.organism_eval import rate, wilson
 from workbench.resume import Units, WorkArea
 from workbench.errors import WorkbenchError
@@ -169,8 +170,13 @@ def run_suite(
             source = "cot" if has_cot else "explanation"
             out[name], r = unit(name, lambda: claims(model, problems_c, source, seed=seed))
             rows += [{"test": "claims", **x} for x in r]
+        elif name == "claims" and supports_claims(adapter):
+            problems_c = adapter.problems(claims_n, seed + 2)
+            out[name], r = unit(name, lambda: task_claims(model, adapter, problems_c, seed=seed))
+            rows += [{"test": "claims", **x} for x in r]
         else:
-            out[name] = {"supported": False, "why": "claims need the addition task's variables"}
+            out[name] = {"supported": False, "why": "the task adapter declares no variables (variables and "
+                         "stated_values, docs/faithfulness.md), so its claims cannot be checked"}
     out["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()} | {"total": round(sum(timings.values()), 2)}
     out["verdict"] = verdict(out)
     return out, rows
