@@ -16,6 +16,8 @@ def _fmt(v) -> str:
     if isinstance(v, dict) and "rate" in v:
         if v["rate"] is None:
             return "n/a (n=0)"
+        if v.get("ci95") is None:
+            return f"{v['rate']:.3f} (n={v.get('n')}, no interval)"
         lo, hi = v["ci95"]
         return f"{v['rate']:.3f} [{lo:.3f}, {hi:.3f}] (n={v['n']})"
     if isinstance(v, float):
@@ -87,6 +89,16 @@ def _verdict_html(v: dict, truth: str | None) -> list[str]:
     loc = v.get("localisation") or {}
     if loc.get("steps"):
         parts += ["<h3>CoT dependence by step</h3>", _rate_rows(list(loc["steps"].items()))]
+    cc = loc.get("cross_check") or {}
+    if cc.get("ran"):
+        head = ["step", "breaking it changes the answer", "resampling it (importance)", "agree"]
+        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in [
+            html.escape(name), _fmt(x["broken"]) if x.get("broken") else "n/a",
+            _fmt(x["resampled"]) if x.get("resampled") else "n/a",
+            {True: "yes", False: "<b>no</b>", None: "undecided"}[x.get("agree")]]) + "</tr>"
+            for name, x in cc["by_step"].items())
+        parts += ["<h3>Two estimates of each step's weight</h3>",
+                  f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>"]
     if loc.get("groups"):
         parts += [f"<h3>CoT dependence by input group</h3><p>(groups under {loc.get('min_group_n')} examples are "
                   "shown, not read)</p>", _rate_rows(list(loc["groups"].items()), extra=("read",))]
@@ -101,7 +113,7 @@ def render_html(title: str, summary: dict, claims_rows: list[dict], truth: str |
              "<h2>Stated reasoning</h2>", f"<pre>{html.escape(summary['stated_reasoning']['example'])}</pre>",
              _table(summary["stated_reasoning"], skip=("example",)), "<h2>Scores (schema 1)</h2>", _table(v["scores"])]
     parts += _figures(summary)
-    for test in ("early", "mistakes", "filler", "paraphrase", "hint"):
+    for test in ("early", "mistakes", "resample", "filler", "paraphrase", "hint"):
         if test in summary:
             parts += [f"<h2>{test}</h2>", _table(summary[test], skip=("curve",))]
     if "internal" in summary:
