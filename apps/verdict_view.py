@@ -94,6 +94,19 @@ def deciding_table(summary: dict) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
+def cross_check_table(summary: dict) -> pd.DataFrame | None:
+    """Each step's two estimates of how much the answer rests on it: breaking it (adding mistakes) and resampling
+    it (counterfactual importance), and whether they agree; None when the study did not resample."""
+    cc = get(summary, "verdict", "localisation", "cross_check", default={})
+    if not isinstance(cc, dict) or not cc.get("ran") or not isinstance(cc.get("by_step"), dict):
+        return None
+    word = {True: "yes", False: "NO", None: "undecided"}
+    return pd.DataFrame([{"step": name, "breaking it changes the answer": interval(x.get("broken")),
+                          "resampling it (importance)": interval(x.get("resampled")),
+                          "agree": word.get(x.get("agree"), "undecided")}
+                         for name, x in cc["by_step"].items() if isinstance(x, dict)])
+
+
 def curves_figure(summary: dict):
     """Early answering and adding mistakes: the share of answers unchanged against how much of the CoT is kept
     (early answering) or where the mistake is put (adding mistakes), with 95% intervals; None without curves."""
@@ -163,6 +176,10 @@ def show_study(summary: dict, truth: str | None = None, curves: bool = True) -> 
     """The verdict, its evidence, the curves and the claims, in that order."""
     verdict_header(summary, truth)
     deciding_table(summary)
+    if (cross := cross_check_table(summary)) is not None:
+        st.markdown("**Two estimates of each step's weight** (breaking the step vs resampling it; a clear "
+                    "disagreement withholds the label)")
+        st.dataframe(cross, hide_index=True, width="stretch")
     if curves:
         fig = curves_figure(summary)
         if fig is not None:

@@ -150,14 +150,15 @@ def test_patching_a_faithful_cot_shows_where_the_answer_is_read():
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A small saved study of adder-cot-posthoc (early, mistakes, hint, claims), as `workbench faithfulness` writes."""
+    """A small saved study of adder-cot-posthoc (early, mistakes, resample, hint, claims), as `workbench faithfulness`
+    writes."""
     from probes.faithfulness.report import write_study
     from probes.faithfulness.suite import run_suite
     from workbench.models.loader import load_model
 
     out = tmp_path_factory.mktemp("study")
-    summary, rows = run_suite(load_model("adder-cot-posthoc"), n=60, tests=["early", "mistakes", "hint", "claims"],
-                              claims_n=80)
+    summary, rows = run_suite(load_model("adder-cot-posthoc"), n=60,
+                              tests=["early", "mistakes", "resample", "hint", "claims"], claims_n=80)
     write_study(out, "adder-cot-posthoc", summary, rows, "post-hoc")
     return out / "summary.json"
 
@@ -174,8 +175,9 @@ def test_faithfulness_opens_a_study_as_verdict_evidence_curves_and_claims(study)
     assert titles == ["Same answer as with the whole CoT"]
     names = {t["name"].split(":")[0] for t in _charts(at)[0]["data"]}
     assert names == {"early answering", "adding mistakes"}
-    deciding, claims = at.dataframe[0].value, at.dataframe[1].value
+    deciding, cross, claims = (at.dataframe[k].value for k in range(3))
     assert {"evidence", "rate [95% interval] (n)", "against the threshold"} <= set(deciding.columns)
+    assert list(cross["step"]) == ["ones", "tens", "hundreds"] and (cross["agree"] == "yes").all()  # both: ignored
     assert list(claims["value"]) == ["ans0", "ans1", "ans2", "carry0", "carry1", "carry2"]
     assert not claims.isna().any().any() and (claims["represented before stated"] != "").all()
 
