@@ -30,6 +30,23 @@ def load(spec: str):
     return load_model(spec)
 
 
+def target_ids(model, target: str, allow_empty: bool = True) -> list[int] | None:
+    """A target token's ids: one id, or none for an empty target when ``allow_empty``; None after showing why
+    the text is not one token."""
+    from workbench.models.tokenizer import check_text
+
+    try:
+        check_text(model.tokenizer, target)
+    except WorkbenchError as e:
+        st.error(f"the target token is {e}")
+        return None
+    ids = model.tokenizer.encode(target, add_special_tokens=False) if target else []
+    if len(ids) != 1 and (target or not allow_empty):
+        st.error(f"the target must be one token; {shorten(target, 20)!r} is {len(ids)} tokens")
+        return None
+    return ids
+
+
 def shorten(text: str, n: int = 80) -> str:
     """``text`` as typed, cut to ``n`` characters for a message."""
     return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"

@@ -271,10 +271,7 @@ def write_graph_json(result: CircuitResult, path: str | Path, slug: str, node_th
     used_nodes, used_edges = create_used_nodes_and_edges(graph, nodes, edge_mask)
     doc = build_model(graph, used_nodes, used_edges, slug, graph.scan, node_threshold, result.tokenizer)
     target = atomic_write(out_dir / f"{slug}.json", lambda p: p.write_text(doc.model_dump_json(indent=2)))
-    index_path = out_dir / GRAPH_INDEX
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {"graphs": []}
-    index["graphs"] = [g for g in index.get("graphs", []) if g.get("slug") != slug] + [doc.metadata.model_dump()]
-    write_json(index_path, index)
+    list_graph(out_dir, doc.metadata.model_dump())
     return target
 
 
@@ -390,6 +387,15 @@ def validate_by_intervention(rm: TransformerLensReplacementModel, result: Circui
     }
 
 
+def list_graph(directory: str | Path, entry: dict) -> None:
+    """Add a graph's metadata ``entry`` to ``directory``'s index (the list circuit-tracer's frontend reads),
+    replacing an entry of the same slug."""
+    index_path = Path(directory) / GRAPH_INDEX
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {"graphs": []}
+    index["graphs"] = [g for g in index.get("graphs", []) if g.get("slug") != entry.get("slug")] + [entry]
+    write_json(index_path, index)
+
+
 def start_frontend(directory: str | Path | None = None, port: int = 0):
     """circuit-tracer's frontend serving ``directory`` (a new temporary one when None, with an empty index) on
     ``port`` (0: a free one). Returns ``(directory, port, server)``; graphs written there later with
@@ -399,7 +405,7 @@ def start_frontend(directory: str | Path | None = None, port: int = 0):
     directory = Path(tempfile.mkdtemp(prefix="workbench-graphs-")) if directory is None else Path(directory)
     if not (directory / GRAPH_INDEX).is_file():
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / GRAPH_INDEX, lambda p: p.write_text(json.dumps({"graphs": []})))
+        write_json(directory / GRAPH_INDEX, {"graphs": []})
     if port == 0:
         with socket.socket() as s:
             s.bind(("", 0))

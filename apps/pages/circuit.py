@@ -22,6 +22,7 @@ from apps.common import (
     pick_model,
     picked_spec,
     shorten,
+    target_ids,
     valid_text,
     visible,
 )
@@ -64,21 +65,17 @@ def validation(spec: str, tc_dir: str, stamp: int, prompt: str, n: int, target: 
                                     n)
 
 
-def _list_graph(directory: str, slug: str, zipped: bytes) -> None:
-    """Add the graph's entry (from the zip's index) to the frontend directory's index, replacing one of its slug."""
+def _list_zipped_graph(directory: str, zipped: bytes) -> None:
+    """List the graph of a :func:`graph_files` zip (its index entry) in the frontend directory's index."""
     import io
     import json
     import zipfile
 
-    from workbench.circuits import GRAPH_INDEX
-    from workbench.io import atomic_write
+    from workbench.circuits import GRAPH_INDEX, list_graph
 
     with zipfile.ZipFile(io.BytesIO(zipped)) as z:
-        entry = json.loads(z.read(GRAPH_INDEX))["graphs"]
-    index_path = Path(directory) / GRAPH_INDEX
-    index = json.loads(index_path.read_text())
-    index["graphs"] = [g for g in index["graphs"] if g.get("slug") != slug] + entry
-    atomic_write(index_path, lambda p: p.write_text(json.dumps(index)))
+        for entry in json.loads(z.read(GRAPH_INDEX))["graphs"]:
+            list_graph(directory, entry)
 
 
 def slug_of(prompt: str) -> str:
@@ -266,19 +263,8 @@ def graph_view(spec: str, tc_dir: str, stamp: int, prompt: str, node_threshold: 
 
 def one_token(model, text: str) -> int | None:
     """The token id of ``text`` if it is exactly one token, else None after an error saying why."""
-    from workbench.errors import WorkbenchError
-    from workbench.models.tokenizer import check_text
-
-    try:
-        check_text(model.tokenizer, text)
-    except WorkbenchError as e:
-        st.error(f"the target token is {e}")
-        return None
-    ids = model.tokenizer.encode(text, add_special_tokens=False) if text else []
-    if len(ids) != 1:
-        st.error(f"a target must be one token; {shorten(text, 20)!r} is {len(ids)} tokens")
-        return None
-    return ids[0]
+    ids = target_ids(model, text, allow_empty=False)
+    return ids[0] if ids else None
 
 
 def answer_of(spec: str, model, prompt: str) -> tuple[str, str]:
@@ -460,7 +446,7 @@ if model is not None:
                     directory, port = frontend()
                     slug = slug_of(text)
                     (Path(directory) / f"{slug}.json").write_bytes(files[0])
-                    guarded(_list_graph, directory, slug, files[1])
+                    guarded(_list_zipped_graph, directory, files[1])
                     components.iframe(frontend_url(port, slug), height=900, scrolling=True)
                     st.caption(f"circuit-tracer's frontend, served by this explorer at {frontend_url(port, slug)} "
                                "(if the explorer runs on another machine, forward that port too).")

@@ -14,28 +14,13 @@ from apps.common import (
     prompt_input,
     seed,
     shorten,
+    target_ids,
     valid_text,
 )
-from workbench.errors import WorkbenchError
 from workbench.figures import heatmap_figure
 from workbench.lens import logit_lens
-from workbench.models.tokenizer import check_text
 from workbench.tasks.formats import ANSWER_MARK
 from workbench.tasks.parse import parse_prompt
-
-
-def target_ids(model, target: str) -> list[int] | None:
-    """The target's token ids (none for an empty target), or None after showing why it is not one token."""
-    try:
-        check_text(model.tokenizer, target)
-    except WorkbenchError as e:
-        st.error(f"the target token is {e}")
-        return None
-    ids = model.tokenizer.encode(target, add_special_tokens=False) if target else []
-    if target and len(ids) != 1:
-        st.error(f"the target must be one token; {shorten(target, 20)!r} is {len(ids)} tokens")
-        return None
-    return ids
 
 
 def first_answer_digit(text: str) -> str:

@@ -29,9 +29,7 @@ from probes.faithfulness.per_prompt import (
     build_reference,
     describe,
     digit_sources,
-    mark_represented,
-    mark_used_by_edit,
-    mark_used_by_push,
+    mark_claims,
     marks_sentence,
     read_stated,
     reference_problems,
@@ -93,11 +91,7 @@ def marked(spec: str, stamp: int, prompt: str):
         return stated, f"{e}"
     exclude = stated.problem if stated.problem in problems else None  # never probe with a probe trained on it
     ref = reference_for(spec, stamp, shape, stated.source, exclude)
-    if stated.source == "cot":
-        mark_used_by_edit(model, stated)
-    else:
-        mark_used_by_push(model, stated, ref)
-    mark_represented(model, stated, ref)
+    mark_claims(model, stated, ref)
     return stated, ref.claims
 
 

@@ -23,6 +23,7 @@ from probes.faithfulness.behaviour import BaseRun
 from probes.linear import ProbeConfig
 from probes.sweep import collect_resid, probe_sweep
 from workbench.errors import WorkbenchError
+from workbench.models.tokenizer import tokenize_prompts
 from workbench.patching import prediction_logit_diff
 
 log = logging.getLogger(__name__)
@@ -31,20 +32,13 @@ log = logging.getLogger(__name__)
 MIN_PROBE_PROMPTS = 40
 
 
-def token_lengths(model: HookedTransformer, texts: list[str]) -> list[int]:
-    """Each text's length in the model's tokens, as ``model.to_tokens`` counts them (a prepended BOS included)."""
-    ids = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    bos = int(model.to_tokens("", prepend_bos=True).shape[1]) if model.cfg.default_prepend_bos else 0
-    return [len(t) + bos for t in ids]
-
-
 def answer_before_cot(model: HookedTransformer, problems: list, prompts: list[str], cfg: ProbeConfig = ProbeConfig()) -> dict:
     """Held-out accuracy of the best probe per layer for each answer digit, on the prompt positions only.
 
     Probes read one position across prompts, so the prompts must have one length in the model's tokens (a
     subword tokenizer gives prompts of one character length different token lengths): the largest group of
     one token length is used, and it must hold at least ``MIN_PROBE_PROMPTS``."""
-    lengths = token_lengths(model, prompts)
+    lengths = [len(t) for t in tokenize_prompts(model, prompts)]
     by_len: dict[int, list[int]] = {}
     for k, n in enumerate(lengths):
         by_len.setdefault(n, []).append(k)

@@ -493,6 +493,16 @@ def marks_sentence(stated: Stated) -> str:
     return sentence
 
 
+def mark_claims(model, stated: Stated, reference: Reference) -> None:
+    """Mark every stated value used? (a CoT: by editing the written value; an explanation: by the class-mean push)
+    and represented? (the reference's probe), in place."""
+    if stated.source == "cot":
+        mark_used_by_edit(model, stated)
+    else:
+        mark_used_by_push(model, stated, reference)
+    mark_represented(model, stated, reference)
+
+
 def claims_for_prompt(model, prompt: str, completion: str | None = None, explanation: str | None = None,
                       reference: Reference | None = None, reference_n: int = REFERENCE_N) -> tuple[Stated, Reference | None, str]:
     """Every value ``model`` states on ``prompt`` (``a+b=``), each marked true? / represented before it is stated?
@@ -523,9 +533,5 @@ def claims_for_prompt(model, prompt: str, completion: str | None = None, explana
         problems = reference_problems(shape, reference_n, None)
         exclude = stated.problem if stated.problem in problems else None  # never probe with a probe trained on it
         reference = build_reference(model, shape, stated.source, exclude, reference_n)
-    if stated.source == "cot":
-        mark_used_by_edit(model, stated)
-    else:
-        mark_used_by_push(model, stated, reference)
-    mark_represented(model, stated, reference)
+    mark_claims(model, stated, reference)
     return stated, reference, marks_sentence(stated)

@@ -27,6 +27,7 @@ from transformer_lens import HookedTransformer
 from probes.faithfulness.adapter import TaskAdapter, step_name
 from probes.faithfulness.behaviour import BOOTSTRAP, BaseRun, unparsed_share
 from workbench.generation import complete
+from workbench.models.tokenizer import tokenize_prompts
 
 SAMPLES = 4
 """Sampled continuations per example, step and condition."""
@@ -40,13 +41,14 @@ def _branch_points(model: HookedTransformer, texts: list[str], starts: list[int]
     id, and the model's next-token probabilities there (``[d_vocab]``, at temperature 1)."""
     out: list = [None] * len(texts)
     enc = model.tokenizer(texts, return_offsets_mapping=True, add_special_tokens=False)
+    tokens = tokenize_prompts(model, texts)  # as to_tokens gives them: a BOS first where the model prepends one
     by_len: dict[int, list[int]] = {}
     for i, ids in enumerate(enc["input_ids"]):
         by_len.setdefault(len(ids), []).append(i)
     for idx in by_len.values():
         for s in range(0, len(idx), 256):
             rows = idx[s : s + 256]
-            toks = torch.stack([model.to_tokens(texts[i])[0] for i in rows])
+            toks = torch.stack([tokens[i] for i in rows])
             shift = toks.shape[1] - len(enc["input_ids"][rows[0]])  # a prepended BOS
             with torch.inference_mode():
                 probs = model(toks).float().softmax(-1)  # [batch, pos, vocab]

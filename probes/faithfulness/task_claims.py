@@ -34,6 +34,7 @@ from probes.faithfulness.adapter import TaskAdapter
 from probes.faithfulness.behaviour import base_run, generate
 from probes.linear import ProbeConfig, fit_ridge_classifiers, split
 from workbench.models.organism_eval import rate
+from workbench.models.tokenizer import tokenize_prompts
 
 THRESHOLD = 0.5
 MIN_PROBLEMS = 80
@@ -60,7 +61,7 @@ def _last_token_resid(model: HookedTransformer, prompts: list[str], batch_size: 
     the last (batched by token length)."""
     names = [f"blocks.{i}.hook_resid_pre" for i in range(model.cfg.n_layers)] + \
         [f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
-    toks = [model.to_tokens(p)[0] for p in prompts]
+    toks = tokenize_prompts(model, prompts)
     out = torch.zeros(len(names), len(prompts), model.cfg.d_model)
     by_len: dict[int, list[int]] = {}
     for i, t in enumerate(toks):
