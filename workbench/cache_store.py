@@ -3,8 +3,9 @@
 A cache can be larger than memory: prompts are processed a shard at a time, each shard is written to a temporary
 file and renamed into place, and the manifest (rewritten atomically after every shard) lists only complete
 shards. A killed run resumes at the first missing shard; any number of readers can open the directory. A shard's
-file is written a batch at a time by a writer thread while the model runs the next batch (the bytes are those
-``safetensors.torch.save_file`` writes for the whole shard), so the disk write costs the forward passes little.
+file is written a batch at a time (the bytes are those ``safetensors.torch.save_file`` writes for the whole shard):
+by a writer thread while the model runs the next batch where torch's threads leave a core free, otherwise between
+forward passes, which is faster where the forward uses every core.
 
 Layout::
 
@@ -47,7 +48,7 @@ from transformer_lens import HookedTransformer
 from workbench.caching import cached_batches, cached_row_shape, resolve_hooks
 from workbench.errors import WorkbenchError
 from workbench.interventions import Positions
-from workbench.io import file_digest, atomic_write, write_json
+from workbench.io import PendingFile, file_digest, write_json
 from workbench.models.checkpoint import weights_sha256
 from workbench.models.tokenizer import tokenize_prompts
 
@@ -82,6 +83,7 @@ def write_cache(
     shard_size: int = 4096,
     batch_size: int = 256,
     progress: bool = True,
+    overlap: bool | None = None,
 ) -> Path:
     """Cache ``hooks`` at ``positions`` for every prompt into ``out_dir``, resuming a partial cache.
 
@@ -89,6 +91,9 @@ def write_cache(
     every prompt (what SAE training reads). Prompts of different lengths are then right-padded with zeros to the
     longest prompt; the shard's ``lengths`` say which rows are real, and :meth:`CacheReader.iter_batches` drops
     the padding.
+
+    ``overlap``: write each batch from a thread while the model runs the next one (True), or between forward
+    passes (False). By default a thread is used only when torch's threads leave a core free for it.
     """
     out_dir = Path(out_dir)
     if isinstance(positions, slice):
@@ -142,10 +147,9 @@ def write_cache(
         write_json(manifest_path, manifest)
         bar.update(shard.count)
 
-    # The model runs here while a writer thread writes each batch to its shard's file (the writes release the
-    # GIL): no shard is assembled in memory, and at the end only the last batch's write and the last shard's
-    # digest are left to wait for.
-    writer = _ShardWriter(listed)
+    # No shard is assembled in memory: each batch is written as it comes, from a writer thread while the model
+    # runs the next batch (its writes release the GIL) when a core is free for it, otherwise in line.
+    writer = (_ShardWriter if (free_core_for_writer() if overlap is None else overlap) else _InlineWriter)(listed)
     try:
         for start in starts:
             if start in done:
@@ -221,74 +225,124 @@ class _Aborted(Exception):
 
 
 class _Shard:
-    """One shard being written from batches of activations: its file (temporary until complete), the layout of
-    its tensors, and the batches waiting to be written."""
+    """One shard written from batches of activations: its file (temporary until :meth:`commit`), the layout of
+    its tensors, and (for the writer thread) the batches waiting to be written. The bytes are those
+    ``save_file`` writes for the same tensors."""
 
     def __init__(self, path: Path, start: int, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
-                 extra: dict[str, Tensor], release: Callable[[Iterable[Tensor]], None] = lambda bufs: None):
-        self.path, self.start, self.specs, self.extra, self.release = path, start, specs, extra, release
+                 extra: dict[str, Tensor]):
+        self.path, self.start, self.specs, self.extra = path, start, specs, extra
         self.hooks = list(specs)
         self.count = len(extra["lengths"])
         self.pending: queue.Queue = queue.Queue(maxsize=4)  # (rows, acts) per batch; then None, or _Aborted
+        self.file: PendingFile | None = None
+        self.fd: int | None = None
 
-    def _batches(self) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
-        while (item := self.pending.get()) is not None:
-            if item is _Aborted:
-                raise _Aborted
-            yield item
-
-    def write(self, tmp: Path) -> dict:
-        """Write the file at ``tmp`` as batches arrive; its size and SHA-256 once complete (read back, as
-        :func:`file_digest` does). The bytes are those ``save_file`` writes for the same tensors."""
+    def begin(self) -> None:
+        """Create the temporary file: its header and the ``extra`` tensors, the rest left for the batches."""
+        self.file = PendingFile(self.path)
         layout = _safetensors_layout(self.specs | {k: (t.dtype, tuple(t.shape)) for k, t in self.extra.items()})
         if layout is None:  # safetensors writes this one: gather the shard, save it once complete
-            full = {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in self.specs.items()}
-            for rows, acts in self._batches():
-                for name, act in acts.items():
-                    full[name][rows, : act.shape[1]] = act
-                self.release(acts.values())
-            save_file(full | self.extra, str(tmp))
-            return file_digest(tmp)
-        head, at, size = layout
-        fd = os.open(tmp, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, size)  # the whole file at once; what no batch writes (padding) reads as zeros
-            _pwrite(fd, memoryview(head), 0)
-            for name, t in self.extra.items():
-                _pwrite(fd, _bytes(t.contiguous()), at[name])
-            row_bytes = {name: math.prod(shape[1:]) * dtype.itemsize for name, (dtype, shape) in self.specs.items()}
-            for rows, acts in self._batches():
-                for name, act in acts.items():
-                    data, n = _bytes(act), row_bytes[name]
-                    if act.shape[1:] == self.specs[name][1][1:]:  # whole rows: one write per run of consecutive rows
-                        first = 0
-                        for i in range(1, len(rows) + 1):
-                            if i == len(rows) or rows[i] != rows[i - 1] + 1:
-                                _pwrite(fd, data[first * n : i * n], at[name] + rows[first] * n)
-                                first = i
-                    else:  # shorter prompts than the shard's longest: each row's positions, then padding
-                        m = len(data) // len(rows)
-                        for i, row in enumerate(rows):
-                            _pwrite(fd, data[i * m : (i + 1) * m], at[name] + row * n)
-                    del data
-                self.release(acts.values())  # written: the buffers can take a later batch
-        finally:
-            os.close(fd)
-        return file_digest(tmp)
+            self.full = {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in self.specs.items()}
+            return
+        head, self.at, size = layout
+        self.row_bytes = {name: math.prod(shape[1:]) * dtype.itemsize for name, (dtype, shape) in self.specs.items()}
+        self.fd = os.open(self.file.tmp, os.O_WRONLY)
+        os.ftruncate(self.fd, size)  # the whole file at once; what no batch writes (padding) reads as zeros
+        _pwrite(self.fd, memoryview(head), 0)
+        for name, t in self.extra.items():
+            _pwrite(self.fd, _bytes(t.contiguous()), self.at[name])
+
+    def add(self, rows: list[int], acts: dict[str, Tensor]) -> None:
+        """Write rows ``rows`` (ascending) of every hook."""
+        if self.fd is None:
+            for name, act in acts.items():
+                self.full[name][rows, : act.shape[1]] = act
+            return
+        for name, act in acts.items():
+            data, n = _bytes(act.contiguous()), self.row_bytes[name]
+            if act.shape[1:] == self.specs[name][1][1:]:  # whole rows: one write per run of consecutive rows
+                first = 0
+                for i in range(1, len(rows) + 1):
+                    if i == len(rows) or rows[i] != rows[i - 1] + 1:
+                        _pwrite(self.fd, data[first * n : i * n], self.at[name] + rows[first] * n)
+                        first = i
+            else:  # shorter prompts than the shard's longest: each row's positions, then padding
+                m = len(data) // len(rows)
+                for i, row in enumerate(rows):
+                    _pwrite(self.fd, data[i * m : (i + 1) * m], self.at[name] + row * n)
+            del data
+
+    def commit(self) -> dict:
+        """Complete the file and rename it into place; its size and SHA-256 (read back, as :func:`file_digest`
+        does)."""
+        if self.fd is None:
+            save_file(self.full | self.extra, str(self.file.tmp))
+        else:
+            os.close(self.fd)
+            self.fd = None
+        written = file_digest(self.file.tmp)
+        self.file.commit()
+        return written
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.file is not None:
+            self.file.discard()
 
 
-class _ShardWriter:
-    """Writes shards from a thread while the caller runs the model: a shard's file is started when its first
-    batch has run (every shape is known then), each batch is written while the next one runs, and the file is
-    renamed into place (then ``listed(shard, {"bytes", "sha256"})`` is called, in this thread) once its last
-    batch is written. Shards complete in the order they were opened. An error in the writer is raised by the
-    caller's next call; the queues are bounded, so the caller runs at most a few batches ahead of the disk."""
+class _InlineWriter:
+    """Writes each batch as it comes, between forward passes. For when the forward pass already uses every core:
+    a writer thread would then take a core from one of the model's threads, and every operation waits for the
+    slowest thread (measured in ``bench/caching.py``: writing in line is the faster of the two there)."""
 
     def __init__(self, listed: Callable[[_Shard, dict], None]):
         self.listed = listed
+        self.current: _Shard | None = None
+
+    def open(self, path: Path, start: int, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+             extra: dict[str, Tensor]) -> _Shard:
+        """Start a shard of hooks of these dtypes and shapes (``[count, ...]``), plus the ``extra`` tensors."""
+        shard = _Shard(path, start, specs, extra)
+        self.current = shard
+        shard.begin()
+        return shard
+
+    def batch(self, shard: _Shard, rows: list[int], acts: dict[str, Tensor]) -> None:
+        """Rows ``rows`` (ascending) of every hook of ``shard``: ``acts[name]`` is ``[len(rows), ...]``, with
+        fewer positions than the shard's rows where they are padded."""
+        shard.add(list(rows), acts)
+
+    def close(self, shard: _Shard) -> None:
+        """Every row of ``shard`` has been given: complete the file and list it."""
+        written = shard.commit()
+        self.current = None
+        self.listed(shard, written)
+
+    def finish(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        """After an error: a shard still open is discarded (its temporary file removed)."""
+        if self.current is not None:
+            self.current.discard()
+            self.current = None
+
+
+class _ShardWriter(_InlineWriter):
+    """Writes shards from a thread while the caller runs the model, for when a core is free for it: a shard's
+    file is started when its first batch has run (every shape is known then), each batch is written while the
+    next one runs, and the file is renamed into place (then ``listed(shard, {"bytes", "sha256"})`` is called, in
+    this thread) once its last batch is written. Shards complete in the order they were opened. An error in the
+    writer is raised by the caller's next call; the queues are bounded, so the caller runs at most a few batches
+    ahead of the disk."""
+
+    def __init__(self, listed: Callable[[_Shard, dict], None]):
+        super().__init__(listed)
         self.shards: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
-        self.current: _Shard | None = None  # opened by the caller, not yet closed
         # Written batches' buffers, reused for later batches of the same shape: the model's own activations are
         # freed as soon as they are copied (as in a plain forward), and no batch faults in fresh memory.
         self.spare: list[Tensor] = []
@@ -310,12 +364,25 @@ class _ShardWriter:
             self.spare.extend(bufs)
             del self.spare[: max(0, len(self.spare) - 2 * len(bufs))]
 
+    def _write(self, shard: _Shard) -> None:
+        shard.begin()
+        try:
+            while (item := shard.pending.get()) is not None:
+                if item is _Aborted:
+                    raise _Aborted
+                rows, acts = item
+                shard.add(rows, acts)
+                self.release(acts.values())  # written: the buffers can take a later batch
+            written = shard.commit()
+        except BaseException:
+            shard.discard()
+            raise
+        self.listed(shard, written)
+
     def _run(self) -> None:
         try:
             while (shard := self.shards.get()) is not None:
-                written: dict = {}
-                atomic_write(shard.path, lambda tmp: written.update(shard.write(tmp)))
-                self.listed(shard, written)
+                self._write(shard)
         except _Aborted:
             pass
         except BaseException as e:  # raised in the caller by its next call
@@ -335,19 +402,15 @@ class _ShardWriter:
 
     def open(self, path: Path, start: int, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
              extra: dict[str, Tensor]) -> _Shard:
-        """Start a shard of hooks of these dtypes and shapes (``[count, ...]``), plus the ``extra`` tensors."""
-        shard = _Shard(path, start, specs, extra, self.release)
+        shard = _Shard(path, start, specs, extra)
         self._put(self.shards, shard)
         self.current = shard
         return shard
 
     def batch(self, shard: _Shard, rows: list[int], acts: dict[str, Tensor]) -> None:
-        """Rows ``rows`` (ascending) of every hook of ``shard``: ``acts[name]`` is ``[len(rows), ...]``, with
-        fewer positions than the shard's rows where they are padded."""
         self._put(shard.pending, (list(rows), {name: self._staged(a) for name, a in acts.items()}))
 
     def close(self, shard: _Shard) -> None:
-        """Every row of ``shard`` has been given: complete the file and list it."""
         self._put(shard.pending, None)
         self.current = None
 
@@ -369,6 +432,15 @@ class _ShardWriter:
         except BaseException:
             pass
         self.thread.join()
+
+
+def free_core_for_writer() -> bool:
+    """Whether a core is left over by the model's torch threads (then a writer thread overlaps the forward)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return torch.get_num_threads() < cores
 
 
 def _is_int(v) -> bool:

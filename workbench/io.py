@@ -29,20 +29,35 @@ def check_writable_target(path: str | Path) -> Path:
     return path
 
 
+class PendingFile:
+    """A temporary file beside ``path`` that becomes ``path`` only by :meth:`commit` (an atomic rename on one
+    filesystem): :func:`atomic_write` for writers that write a file in steps. :meth:`discard` removes it."""
+
+    def __init__(self, path: str | Path):
+        self.path = check_writable_target(path)
+        _make_parent(self.path)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(fd)
+        self.tmp = Path(tmp)
+
+    def commit(self) -> Path:
+        os.chmod(self.tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the result a normal file's mode
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, then rename the temporary file onto ``path`` (atomic on one filesystem)."""
-    path = check_writable_target(path)
-    _make_parent(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    pending = PendingFile(path)
     try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the result a normal file's mode
-        os.replace(tmp, path)
+        write(pending.tmp)
+        return pending.commit()
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        pending.discard()
         raise
-    return path
 
 
 def _make_parent(path: Path) -> None:
@@ -139,13 +154,19 @@ def _swap_dir(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def file_digest(path: str | Path) -> dict:
-    """A file's size and SHA-256, read in 1 MiB chunks: what manifests record to catch truncation and damage."""
+    """A file's size and SHA-256, read in 1 MiB chunks into one reused buffer: what manifests record to catch
+    truncation and damage. (Read, not memory-mapped: a file cut short by someone else while it is hashed must
+    give a short read, not a SIGBUS.)"""
     path = Path(path)
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    size = 0
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return {"bytes": size, "sha256": h.hexdigest()}
 
 
 MARKER = ".workbench"

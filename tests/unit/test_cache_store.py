@@ -89,10 +89,12 @@ def test_resume_is_keyed_by_weights_not_by_the_path_typed(model, tmp_path):
         write_cache(tiny_model(seed=99), "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, progress=False)
 
 
-def test_all_positions_of_mixed_lengths_are_padded_and_unpadded_on_read(model, tmp_path):
+@pytest.mark.parametrize("overlap", [True, False], ids=["writer-thread", "in-line"])
+def test_all_positions_of_mixed_lengths_are_padded_and_unpadded_on_read(model, tmp_path, overlap):
     prompts = ["1+2=", "478+256=", "36+59=", "9+9="]
     hook = "blocks.0.hook_resid_post"
-    write_cache(model, "tiny", prompts, hook, tmp_path, positions=None, shard_size=3, batch_size=2, progress=False)
+    write_cache(model, "tiny", prompts, hook, tmp_path, positions=None, shard_size=3, batch_size=2, progress=False,
+                overlap=overlap)
     reader = CacheReader(tmp_path)
     expect = []
     for p in prompts:
@@ -116,11 +118,12 @@ def _resaved(path) -> bytes:
 
 
 @pytest.mark.parametrize("positions, hooks", [(-1, HOOKS), (None, HOOKS), ([-1, -2], "blocks.0.hook_*")])
-def test_shards_are_the_bytes_safetensors_writes(model, tmp_path, positions, hooks):
+@pytest.mark.parametrize("overlap", [True, False], ids=["writer-thread", "in-line"])
+def test_shards_are_the_bytes_safetensors_writes(model, tmp_path, overlap, positions, hooks):
     # Shards are written a batch at a time (padding left as zeros the file reads back): the files must be the
     # ones save_file writes for the same tensors, and their manifest digests those of the files.
     write_cache(model, "tiny", PROMPTS, hooks, tmp_path, positions=positions, shard_size=3, batch_size=2,
-                progress=False)
+                progress=False, overlap=overlap)
     reader = CacheReader(tmp_path)  # checks every shard's size and SHA-256
     for shard in reader.shards:
         path = tmp_path / shard["file"]
@@ -146,7 +149,8 @@ def test_attention_patterns_keep_their_head_axis_at_all_positions(model, tmp_pat
     assert torch.allclose(reader["blocks.0.attn.hook_pattern", 2], cache["blocks.0.attn.hook_pattern"][0], atol=1e-6)
 
 
-def test_a_failed_write_keeps_the_complete_shards_and_resumes(model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("overlap", [True, False], ids=["writer-thread", "in-line"])
+def test_a_failed_write_keeps_the_complete_shards_and_resumes(model, tmp_path, overlap, monkeypatch):
     import workbench.cache_store as store
 
     real, calls = store._pwrite, []
@@ -159,16 +163,19 @@ def test_a_failed_write_keeps_the_complete_shards_and_resumes(model, tmp_path, m
 
     monkeypatch.setattr(store, "_pwrite", failing)
     with pytest.raises(OSError, match="No space left"):
-        write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False)
+        write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False,
+                    overlap=overlap)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     partial = CacheReader(tmp_path)
     assert not partial.complete and 0 < len(partial) < len(PROMPTS)
     monkeypatch.setattr(store, "_pwrite", real)
-    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False)
+    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False,
+                    overlap=overlap)
     assert CacheReader(tmp_path).complete
 
 
-def test_an_error_while_caching_discards_only_the_open_shard(model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("overlap", [True, False], ids=["writer-thread", "in-line"])
+def test_an_error_while_caching_discards_only_the_open_shard(model, tmp_path, overlap, monkeypatch):
     import workbench.cache_store as store
 
     real, shards = store.cached_batches, []
@@ -182,9 +189,27 @@ def test_an_error_while_caching_discards_only_the_open_shard(model, tmp_path, mo
 
     monkeypatch.setattr(store, "cached_batches", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False)
+        write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False,
+                    overlap=overlap)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "shard-00000.safetensors"]
     assert len(CacheReader(tmp_path)) == 3
     monkeypatch.setattr(store, "cached_batches", real)
-    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False)
+    write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False,
+                    overlap=overlap)
     assert CacheReader(tmp_path).complete and len(CacheReader(tmp_path)) == len(PROMPTS)
+
+
+def test_a_writer_thread_only_where_a_core_is_free(model, tmp_path, monkeypatch):
+    import workbench.cache_store as store
+
+    monkeypatch.setattr(store.os, "sched_getaffinity", lambda pid: {0, 1})
+    for threads, free in [(1, True), (2, False), (4, False)]:
+        monkeypatch.setattr(store.torch, "get_num_threads", lambda t=threads: t)
+        assert store.free_core_for_writer() is free
+    made = []
+    for cls in (store._InlineWriter, store._ShardWriter):
+        monkeypatch.setattr(cls, "finish", lambda self, real=cls.finish: (made.append(type(self)), real(self))[1])
+    for free, kind in [(True, store._ShardWriter), (False, store._InlineWriter)]:
+        monkeypatch.setattr(store, "free_core_for_writer", lambda f=free: f)
+        write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path / kind.__name__, shard_size=3, progress=False)
+        assert made[-1] is kind and CacheReader(tmp_path / kind.__name__).complete
