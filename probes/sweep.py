@@ -64,20 +64,32 @@ def probe_sweep(
     positions: Sequence[int] | None = None,
     cfg: ProbeConfig = ProbeConfig(),
 ) -> list[dict]:
-    """Held-out score of a probe and of its control task per variable x layer x position: one row each.
+    """Held-out score of a probe and of its control task per addition variable x layer x position: one row each.
 
     Classification rows report accuracy; the ``answer`` row reports ridge R^2. ``selectivity`` = score -
     control score (Hewitt & Liang 2019); ``majority`` is the held-out accuracy of always guessing the most
     frequent training class.
     """
+    if stack.acts.shape[1] != len(problems):
+        raise WorkbenchError(f"{stack.acts.shape[1]} activation rows but {len(problems)} problems")
+    chosen = select_variables(problems, variables)
+    return sweep_variables(stack, chosen, [control_labels(v, problems, cfg.seed) for v in chosen], positions, cfg)
+
+
+def sweep_variables(
+    stack: ResidStack,
+    variables: list[Variable],
+    controls: list[np.ndarray],
+    positions: Sequence[int] | None = None,
+    cfg: ProbeConfig = ProbeConfig(),
+) -> list[dict]:
+    """:func:`probe_sweep` for any variables (one label per row of ``stack``) and their control labels."""
     n_layer, n, n_pos, d = stack.acts.shape
-    if n != len(problems):
-        raise WorkbenchError(f"{n} activation rows but {len(problems)} problems")
+    if bad := [v.name for v in variables if len(v.labels) != n]:
+        raise WorkbenchError(f"variables {bad} do not have one label per activation row ({n})")
     pos = list(range(n_pos)) if positions is None else [p % n_pos for p in positions]
     x = stack.acts[:, :, pos].permute(0, 2, 1, 3).reshape(n_layer * len(pos), n, d)  # sites = layer x pos
     train, test = split(n, cfg.test_fraction, cfg.seed)
-    variables = select_variables(problems, variables)
-    controls = [control_labels(v, problems, cfg.seed) for v in variables]
     scores: dict[str, tuple[Tensor, Tensor, float, str]] = {}
     reg = [(v, c) for v, c in zip(variables, controls) if not v.n_classes]
     if reg:

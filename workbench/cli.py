@@ -149,20 +149,12 @@ def _positions(text: str):
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from workbench.cache_store import CacheReader, write_cache
-    from workbench.io import read_jsonl
+    from workbench.io import read_dataset
     from workbench.models.loader import load_model
     from workbench.tasks.export import make_samples
 
     if args.dataset is not None:
-        if not args.dataset.is_file():
-            raise WorkbenchError(f"no dataset file {args.dataset}")
-        try:
-            rows = read_jsonl(args.dataset)
-        except ValueError as e:
-            raise WorkbenchError(f"{args.dataset} is not JSONL: {e}") from None
-        missing = [i for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
-        if missing:
-            raise WorkbenchError(f"{args.dataset}: rows {missing[:5]} are not objects with a string 'prompt' field")
+        rows = read_dataset(args.dataset)
         texts = [r["prompt"] + (r.get("completion", "") if args.text == "full" else "") for r in rows]
     else:
         samples = make_samples(args.task, args.n, tuple(args.digits), args.split, args.seed)
@@ -230,9 +222,26 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from probes.study import run_probe_study
     from workbench.models.loader import load_model
 
+    cfg = ProbeConfig(ridge=args.ridge, seed=args.seed)
+    if args.dataset is not None:
+        from probes.dataset import run_dataset_probe_study
+        from workbench.io import read_dataset
+
+        if args.causal or args.site:
+            raise WorkbenchError("--causal and --site need the built-in task (its interventions and answers); with "
+                                 "--dataset, probes only")
+        rows = read_dataset(args.dataset)[: args.n]
+        model = load_model(args.model, allow_mismatch=args.allow_mismatch)
+        summary = run_dataset_probe_study(model, rows, args.out, args.regress or (), args.variables, cfg,
+                                          source=str(args.dataset))
+        print(json.dumps({"out": str(args.out), **summary}, indent=2))
+        return 0
+    if args.regress:
+        raise WorkbenchError("--regress names variables of a --dataset; the built-in task's 'answer' is always "
+                             "regressed")
     model = load_model(args.model, allow_mismatch=args.allow_mismatch)
-    summary = run_probe_study(model, args.out, args.digits, args.n, args.text, args.variables, args.causal or (),
-                              args.site, args.scale, ProbeConfig(ridge=args.ridge, seed=args.seed))
+    summary = run_probe_study(model, args.out, args.digits, args.n or 1500, args.text, args.variables,
+                              args.causal or (), args.site, args.scale, cfg)
     print(json.dumps({"out": str(args.out), **summary}, indent=2))
     return 0
 
@@ -244,7 +253,14 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
     if (args.clean is None) != (args.corrupt is None):
         raise WorkbenchError("--clean and --corrupt go together (one each per pair)")
-    if args.clean is not None:
+    if args.dataset is not None:
+        from workbench.io import read_dataset
+
+        if args.clean is not None:
+            raise WorkbenchError("give pairs by --dataset or by --clean/--corrupt, not both")
+        rows = read_dataset(args.dataset, ("clean", "corrupt"))
+        clean, corrupt = [r["clean"] for r in rows], [r["corrupt"] for r in rows]
+    elif args.clean is not None:
         if len(args.clean) != len(args.corrupt):
             raise WorkbenchError(f"{len(args.clean)} --clean prompts but {len(args.corrupt)} --corrupt prompts")
         clean, corrupt = args.clean, args.corrupt
@@ -485,7 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="probe the prompt, the prompt + direct answer, or the prompt + written CoT")
     pr.add_argument("--digits", type=_bounded(int, lambda v: 1 <= v <= 5, "an integer in 1..5"), default=3,
                     help="operand digits (all prompts share one shape so positions align)")
-    pr.add_argument("--n", type=_bounded(int, lambda v: v >= 20, "an integer >= 20"), default=1500, help="prompts")
+    pr.add_argument("--dataset", type=_path,
+                    help='your own prompts and variables: JSONL lines {"prompt": "...", "labels": {"VAR": value}} '
+                         "(then --text and --digits do not apply)")
+    pr.add_argument("--regress", nargs="+", help="--dataset variables that are numbers to regress (default: classes)")
+    pr.add_argument("--n", type=_bounded(int, lambda v: v >= 20, "an integer >= 20"), default=None,
+                    help="prompts (default 1500; with --dataset, every line)")
     pr.add_argument("--variables", nargs="+", help="variables to probe (default: all, e.g. a0 b0 total0 carry0 ans0 answer)")
     pr.add_argument("--causal", nargs="+", help="variables to check causally (e.g. carry1 ans2)")
     pr.add_argument("--site", type=_site, help="LAYER:POSITION for the causal check (default: most selective site)")
@@ -498,9 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("patch", help="activation and attribution patching of clean/corrupted prompt pairs")
     pa.add_argument("model", help="organism name, checkpoint dir, local HF dir or TransformerLens name")
     pa.add_argument("--pairs", choices=["operand", "cot-step", "hint"], default="operand",
-                    help="generated pair set (ignored with --clean/--corrupt)")
+                    help="generated pair set (ignored with --clean/--corrupt or --dataset)")
     pa.add_argument("--clean", action="append", help="a clean prompt (repeatable; pairs with --corrupt in order)")
     pa.add_argument("--corrupt", action="append", help="a corrupted prompt of the same token length")
+    pa.add_argument("--dataset", type=_path,
+                    help='your own pairs: JSONL lines {"clean": "...", "corrupt": "..."} of one token length')
     pa.add_argument("--n", type=_positive_int, default=32, help="generated pairs")
     pa.add_argument("--digits", type=_bounded(int, lambda v: 1 <= v <= 5, "an integer in 1..5"), default=3)
     pa.add_argument("--seed", type=_seed, default=0)

@@ -32,19 +32,11 @@ def texts_for(model_spec: str, n: int, split: str, seed: int, dataset: Path | No
 
     ``split`` is "train", "test" (held out: disjoint from "train", also for a dataset) or "all".
     """
-    from workbench.io import read_jsonl
+    from workbench.io import read_dataset
     from workbench.models.zoo import RECIPES, build_samples, get_recipe
 
     if dataset is not None:
-        if not dataset.is_file():
-            raise WorkbenchError(f"no dataset file {dataset}")
-        try:
-            rows = read_jsonl(dataset)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise WorkbenchError(f"{dataset} is not UTF-8 JSONL: {str(e).splitlines()[0][:160]}") from None
-        bad = [i + 1 for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
-        if bad:
-            raise WorkbenchError(f"{dataset}: lines {bad[:5]} are not objects with a string 'prompt' field")
+        rows = read_dataset(dataset)
         texts = [r["prompt"] + str(r.get("completion", "")) for r in rows]
         if split != "all":
             texts = [t for t in texts if _held_out(t) == (split == "test")]

@@ -88,6 +88,25 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def read_dataset(path: Path, fields: tuple[str, ...] = ("prompt",)) -> list[dict]:
+    """A user's JSONL file whose every line is an object with a string in each of ``fields``: its rows, or a
+    WorkbenchError that names the file, the first bad lines and what a line must hold."""
+    if not path.is_file():
+        raise WorkbenchError(f"no dataset file {path}")
+    try:
+        rows = read_jsonl(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WorkbenchError(f"{path} is not UTF-8 JSONL: {str(e).splitlines()[0][:160]}") from None
+    bad = [i + 1 for i, r in enumerate(rows) if not isinstance(r, dict) or
+           not all(isinstance(r.get(f), str) for f in fields)]
+    if bad:
+        need = " and ".join(f"a string {f!r} field" for f in fields)
+        raise WorkbenchError(f"{path}: lines {bad[:5]} are not objects with {need}")
+    if not rows:
+        raise WorkbenchError(f"{path} has no rows")
+    return rows
+
+
 # Files moved into place last by atomic_dir: readers take them as "this directory is complete".
 _MOVED_LAST = ("config.json", "cfg.json", "card.json", "workbench.json", "manifest.json", "state.json",
                "summary.json")

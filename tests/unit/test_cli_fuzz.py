@@ -206,6 +206,8 @@ DAMAGED_CASES = [
     (["cache", "adder-direct", "--dataset", "{data}", "--hooks", "blocks.0.hook_resid_post", "--out", "{out}"],
      "data.jsonl"),
     (["circuit", "adder-direct", "1+1=", "--transcoders", "{transcoders}", "--out", "{out}"], "layer_0"),
+    (["probe", "adder-direct", "--dataset", "{data}", "--out", "{out}"], "data.jsonl"),
+    (["patch", "adder-direct", "--dataset", "{data}", "--out", "{out}"], "data.jsonl"),
 ]
 
 
