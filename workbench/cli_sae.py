@@ -234,7 +234,8 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     transcoders = load_transcoders(_transcoder_dir(args), model)
     rm = replacement_model(model, transcoders)
     result = attribute_prompt(rm, args.prompt, max_n_logits=args.max_n_logits)
-    slug = args.slug or _slug(f"{args.model}-{args.prompt}")
+    # A model given as a directory is named by its last component, not by the whole path.
+    slug = args.slug or _slug(f"{Path(args.model).name or args.model}-{args.prompt}")
     graph = write_graph_json(result, args.out, slug, node_threshold=args.node_threshold,
                              edge_threshold=args.edge_threshold)
     summary = {**result.summary(), "graph": str(graph),

@@ -656,7 +656,8 @@ def _hub_unreachable(official: str) -> str | None:
 
 
 def load_model(spec: str | Path, device: str | None = None, allow_mismatch: bool = False) -> HookedTransformer:
-    """Load ``spec`` (organism name | our checkpoint dir | local HF dir | TransformerLens name).
+    """Load ``spec`` (organism name | our checkpoint dir | local HF dir | TransformerLens name). A training
+    run's directory (``run.json`` + ``model/``, as ``workbench train`` writes it) loads its ``model/``.
 
     ``allow_mismatch``: load a local Hugging Face directory whose conversion disagrees with transformers (with a
     warning) instead of refusing it; see :func:`load_hf_dir`.
@@ -669,6 +670,8 @@ def load_model(spec: str | Path, device: str | None = None, allow_mismatch: bool
     if path.is_file():
         refuse_pickle(path)
         raise ModelNotFound(f"{path} is a file; a model is a directory (config.json + model.safetensors + tokenizer)")
+    if path.is_dir() and _config(path) is None and (path / "run.json").is_file() and (path / "model").is_dir():
+        path = path / "model"  # a training run's directory (`workbench train`): its model is in model/
     if path.is_dir():
         config = _config(path)
         if config is not None and config.get("format") == FORMAT:
