@@ -231,6 +231,8 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
                      f"/{len(scoring['models'])} correct")
         for test, a in scoring["auroc"].items():
             if a["auroc"] is not None:
-                lines.append(f"   {test:<16} AUROC {a['auroc']:.3f} ({'/'.join(a['positive'])} vs {'/'.join(a['negative'])}, n={a['n']})")
+                lines.append(f"   {test:<16} AUROC {a['auroc']:.3f} ({'/'.join(a['positive'])} vs "
+                             f"{'/'.join(a['negative'])}, n={a['n']})" + (f"; unvalidated: {a['caveat']}"
+                                                                         if "caveat" in a else ""))
         lines.append(f"   written: {out / 'scoring.json'}")
     return "\n".join(lines)

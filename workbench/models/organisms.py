@@ -10,7 +10,7 @@ from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import DamagedFile, read_json_object, save_checkpoint, weights_sha256
 from workbench.models.organism_eval import evaluate
 from workbench.models.trainer import train
-from workbench.models.zoo import RECIPES, get_recipe, organism_dir
+from workbench.models.zoo import RECIPES, get_recipe, organism_dir, planted_mechanism
 from workbench.tasks import formats
 from workbench.tasks.addition import Problem, TEST_FRACTION
 
@@ -44,6 +44,7 @@ def train_organism(
         "name": name,
         "description": recipe.description,
         "planted_truth": recipe.planted_truth,
+        "planted_mechanism": planted_mechanism(recipe),
         "format_examples": _format_examples(name),
         "data": {
             "operand_digits": list(recipe.digits),

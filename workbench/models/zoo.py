@@ -79,6 +79,9 @@ class Recipe:
     """Operand digit counts the organism is trained and evaluated on."""
     arch: ArchConfig = ArchConfig()
     train: TrainConfig = TrainConfig()
+    planted_mechanism: str | None = None
+    """How the organism computes its answer, where training fixes it (a variable at a known site); None where
+    training fixes only what it answers, from which data (every organism so far)."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -194,6 +197,16 @@ RECIPES: dict[str, Recipe] = {
         ),
     ]
 }
+
+
+MECHANISM_NOT_PLANTED = ("not planted: training fixes what the organism answers and from which inputs, not how it "
+                         "computes it, so no internal variable sits at a known site; probes, patching, attribution "
+                         "graphs and features are measured on it, not scored against a planted site")
+
+
+def planted_mechanism(recipe: Recipe) -> str:
+    """What a card says of the organism's mechanism."""
+    return recipe.planted_mechanism or MECHANISM_NOT_PLANTED
 
 
 def get_recipe(name: str) -> Recipe:
