@@ -43,28 +43,29 @@ def _class_key(value) -> tuple[str, str]:
 
 def dataset_variables(rows: list[dict], regress: Sequence[str] = (), names: Sequence[str] | None = None,
                       source: str = "dataset") -> list[Variable]:
-    """The variables of ``rows`` (each ``{"labels": {name: value}}``), in first-seen order, or those in ``names``."""
+    """The variables of ``rows`` (each ``{"labels": {name: value}}``), in first-seen order, or those in ``names``.
+    Errors name rows by their 1-based index among the file's non-blank lines."""
     bad = [i + 1 for i, r in enumerate(rows) if not isinstance(r.get("labels"), dict) or not r["labels"]]
     if bad:
-        raise WorkbenchError(f"{source}: lines {bad[:5]} have no 'labels' object, e.g. "
+        raise WorkbenchError(f"{source}: rows {bad[:5]} have no 'labels' object, e.g. "
                              '{"prompt": "...", "labels": {"subject_plural": true}}')
     found = list(dict.fromkeys(k for r in rows for k in r["labels"]))
     if names is not None:
         if unknown := [n for n in names if n not in found]:
             raise WorkbenchError(f"unknown variables {unknown}; {source} labels: {', '.join(found)}")
-        found = list(names)
+        found = list(dict.fromkeys(names))
     if unknown := [n for n in regress if n not in found]:
         raise WorkbenchError(f"--regress {unknown}: not among the variables probed ({', '.join(found)})")
     out = []
     for name in found:
         if missing := [i + 1 for i, r in enumerate(rows) if name not in r["labels"]]:
-            raise WorkbenchError(f"{source}: variable {name!r} is missing on lines {missing[:5]}; every line must "
+            raise WorkbenchError(f"{source}: variable {name!r} is missing on rows {missing[:5]}; every row must "
                                  "label every variable probed (or choose variables with --variables)")
         values = [r["labels"][name] for r in rows]
         if name in regress:
             if bad := [i + 1 for i, v in enumerate(values) if isinstance(v, bool) or not isinstance(v, int | float)
                        or not np.isfinite(v)]:
-                raise WorkbenchError(f"{source}: {name!r} is regressed but lines {bad[:5]} hold no finite number")
+                raise WorkbenchError(f"{source}: {name!r} is regressed but rows {bad[:5]} hold no finite number")
             labels = np.array(values, dtype=float)
             if labels.std() == 0:
                 raise WorkbenchError(f"{source}: {name!r} has one value on every line; nothing to probe")
@@ -72,7 +73,7 @@ def dataset_variables(rows: list[dict], regress: Sequence[str] = (), names: Sequ
             continue
         if bad := [i + 1 for i, v in enumerate(values) if not isinstance(v, str | int | bool)]:
             raise WorkbenchError(f"{source}: class variable {name!r} holds a {type(values[bad[0] - 1]).__name__} on "
-                                 f"lines {bad[:5]}; classes are strings, integers or booleans (numbers to regress: "
+                                 f"rows {bad[:5]}; classes are strings, integers or booleans (numbers to regress: "
                                  f"--regress {name})")
         classes = sorted({_class_key(v) for v in values})
         if len(classes) < 2:
@@ -124,17 +125,24 @@ def run_dataset_probe_study(
     texts = [r["prompt"] for r in rows]
     stack, where = collect_aligned(model, texts)
     probe_rows = sweep_variables(stack, chosen, [shuffled_control(v, cfg.seed) for v in chosen], cfg=cfg)
+    n_pos = stack.acts.shape[2]
+    for r in probe_rows:  # the same for prompts of one length; the only meaning for end-aligned prompts
+        r["position_from_end"] = r["position"] - n_pos
     write_parquet(out / "probes.parquet", probe_rows)
-    figures, best = [], {}
+    figures, best, stems = [], {}, set()
     for var in chosen:
+        stem = f"probe_{re.sub(r'[^A-Za-z0-9_.-]', '_', var.name)}"
+        while stem in stems:  # two names that differ only in characters a file name cannot hold
+            stem += "_"
+        stems.add(stem)
         values, layers, positions = matrix(probe_rows, var.name)
         metric = "R^2" if var.n_classes == 0 else "accuracy"
         figures += heatmap(values, layers, [stack.tokens[p] for p in positions],
                            f"{var.name}: probe {metric} minus shuffled-label control (selectivity), {len(rows)} "
-                           "prompts", out / "figures" / f"probe_{re.sub(r'[^A-Za-z0-9_.-]', '_', var.name)}", colorbar="selectivity", diverging=True)
+                           "prompts", out / "figures" / stem, colorbar="selectivity", diverging=True)
         b = best_site(probe_rows, var.name)
-        best[var.name] = {k: b[k] for k in ("layer", "position", "token", "score", "control", "selectivity",
-                                            "majority", "metric")} | {"classes": var.n_classes}
+        best[var.name] = {k: b[k] for k in ("layer", "position", "position_from_end", "token", "score", "control",
+                                            "selectivity", "majority", "metric")} | {"classes": var.n_classes}
     summary = {"n_prompts": len(rows), "source": source, "positions": where,
                "control": "each variable's values reassigned to the prompts at random (seeded)",
                "example": texts[0], "best_sites": best,

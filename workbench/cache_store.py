@@ -149,7 +149,8 @@ def write_cache(
 
     # No shard is assembled in memory: each batch is written as it comes, from a writer thread while the model
     # runs the next batch (its writes release the GIL) when a core is free for it, otherwise in line.
-    writer = (_ShardWriter if (free_core_for_writer() if overlap is None else overlap) else _InlineWriter)(listed)
+    free = free_core_for_writer(model.cfg.device or "cpu") if overlap is None else overlap
+    writer = (_ShardWriter if free else _InlineWriter)(listed)
     try:
         for start in starts:
             if start in done:
@@ -365,8 +366,8 @@ class _ShardWriter(_InlineWriter):
             del self.spare[: max(0, len(self.spare) - 2 * len(bufs))]
 
     def _write(self, shard: _Shard) -> None:
-        shard.begin()
         try:
+            shard.begin()
             while (item := shard.pending.get()) is not None:
                 if item is _Aborted:
                     raise _Aborted
@@ -434,8 +435,11 @@ class _ShardWriter(_InlineWriter):
         self.thread.join()
 
 
-def free_core_for_writer() -> bool:
-    """Whether a core is left over by the model's torch threads (then a writer thread overlaps the forward)."""
+def free_core_for_writer(device: str | torch.device = "cpu") -> bool:
+    """Whether a writer thread can overlap the forward: always for a model on an accelerator (the CPU waits for
+    it), else when torch's threads leave a CPU core free."""
+    if torch.device(device).type != "cpu":
+        return True
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -84,8 +84,14 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with Path(path).open() as f:
+    with Path(path).open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _jsonl_line_numbers(path: Path) -> list[int]:
+    """The file's line number of each row :func:`read_jsonl` returns (blank lines are skipped)."""
+    with path.open(encoding="utf-8") as f:
+        return [i + 1 for i, line in enumerate(f) if line.strip()]
 
 
 def read_dataset(path: Path, fields: tuple[str, ...] = ("prompt",)) -> list[dict]:
@@ -97,9 +103,11 @@ def read_dataset(path: Path, fields: tuple[str, ...] = ("prompt",)) -> list[dict
         rows = read_jsonl(path)
     except (ValueError, UnicodeDecodeError) as e:
         raise WorkbenchError(f"{path} is not UTF-8 JSONL: {str(e).splitlines()[0][:160]}") from None
-    bad = [i + 1 for i, r in enumerate(rows) if not isinstance(r, dict) or
+    bad = [i for i, r in enumerate(rows) if not isinstance(r, dict) or
            not all(isinstance(r.get(f), str) for f in fields)]
     if bad:
+        lines = _jsonl_line_numbers(path)
+        bad = [lines[i] for i in bad]
         need = " and ".join(f"a string {f!r} field" for f in fields)
         raise WorkbenchError(f"{path}: lines {bad[:5]} are not objects with {need}")
     if not rows:

@@ -206,10 +206,30 @@ def test_a_writer_thread_only_where_a_core_is_free(model, tmp_path, monkeypatch)
     for threads, free in [(1, True), (2, False), (4, False)]:
         monkeypatch.setattr(store.torch, "get_num_threads", lambda t=threads: t)
         assert store.free_core_for_writer() is free
+    assert store.free_core_for_writer("cuda") is True  # the forward runs elsewhere: the CPU is free to write
     made = []
     for cls in (store._InlineWriter, store._ShardWriter):
         monkeypatch.setattr(cls, "finish", lambda self, real=cls.finish: (made.append(type(self)), real(self))[1])
     for free, kind in [(True, store._ShardWriter), (False, store._InlineWriter)]:
-        monkeypatch.setattr(store, "free_core_for_writer", lambda f=free: f)
+        monkeypatch.setattr(store, "free_core_for_writer", lambda device, f=free: f)
         write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path / kind.__name__, shard_size=3, progress=False)
         assert made[-1] is kind and CacheReader(tmp_path / kind.__name__).complete
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["writer-thread", "in-line"])
+def test_a_shard_that_cannot_start_leaves_no_temporary_file(model, tmp_path, overlap, monkeypatch):
+    import workbench.cache_store as store
+
+    real, calls = store._pwrite, []
+
+    def failing(fd, data, offset):
+        calls.append(offset)
+        if offset == 0 and calls.count(0) == 2:  # the second shard's header
+            raise OSError(28, "No space left on device")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(store, "_pwrite", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False,
+                    overlap=overlap)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "shard-00000.safetensors"]

@@ -657,7 +657,7 @@ def _hub_unreachable(official: str) -> str | None:
 
 def load_model(spec: str | Path, device: str | None = None, allow_mismatch: bool = False) -> HookedTransformer:
     """Load ``spec`` (organism name | our checkpoint dir | local HF dir | TransformerLens name). A training
-    run's directory (``run.json`` + ``model/``, as ``workbench train`` writes it) loads its ``model/``.
+    run's directory (``run.json`` + ``model/`` or ``policy/``, as ``workbench train`` writes it) loads that model.
 
     ``allow_mismatch``: load a local Hugging Face directory whose conversion disagrees with transformers (with a
     warning) instead of refusing it; see :func:`load_hf_dir`.
@@ -670,8 +670,14 @@ def load_model(spec: str | Path, device: str | None = None, allow_mismatch: bool
     if path.is_file():
         refuse_pickle(path)
         raise ModelNotFound(f"{path} is a file; a model is a directory (config.json + model.safetensors + tokenizer)")
-    if path.is_dir() and _config(path) is None and (path / "run.json").is_file() and (path / "model").is_dir():
-        path = path / "model"  # a training run's directory (`workbench train`): its model is in model/
+    if path.is_dir() and _config(path) is None and (path / "run.json").is_file():
+        # A training run's directory (`workbench train`): its language model is in model/ (SFT, DPO) or policy/
+        # (PPO); a reward run's model/ is a reward model, which generates nothing.
+        inner = next((path / d for d in ("model", "policy") if (path / d / "config.json").is_file()), None)
+        if inner is not None and (_config(inner) or {}).get("format") == "workbench-reward-model":
+            raise ModelNotFound(f"{path} is a reward-model run: its model/ scores text and is not a language model "
+                                "(load it with training.reward.load_reward_model)")
+        path = inner or path
     if path.is_dir():
         config = _config(path)
         if config is not None and config.get("format") == FORMAT:

@@ -60,3 +60,21 @@ def test_hub_name_offline_fails_fast_with_advice(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelNotFound, match="needs the Hugging Face hub.*HF_HUB_OFFLINE.*local directory"):
         load_model("gpt2")
+
+
+@pytest.mark.parametrize("inner", ["model", "policy"])
+def test_a_training_runs_directory_loads_its_model(tmp_path, inner):
+    model = tiny_model()
+    save_checkpoint(model, tmp_path / inner)
+    (tmp_path / "run.json").write_text("{}")
+    loaded = load_model(tmp_path)
+    toks = model.to_tokens("12+34=")
+    torch.testing.assert_close(loaded(toks), model(toks))
+
+
+def test_a_reward_runs_directory_is_refused_as_not_a_language_model(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"format": "workbench-reward-model"}')
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(ModelNotFound, match="reward-model run"):
+        load_model(tmp_path)

@@ -56,7 +56,7 @@ def test_prompts_of_several_lengths_are_aligned_at_their_end(model, tmp_path):
         rows.append({"prompt": f"{a}+{b}=", "labels": {"b": b}})  # b is always the second-to-last token
     summary = run_dataset_probe_study(model, rows, tmp_path, cfg=ProbeConfig(seed=0))
     best = summary["best_sites"]["b"]
-    assert best["token"] == "[-2]" and best["score"] > 0.95
+    assert best["token"] == "[-2]" and best["position_from_end"] == -2 and best["score"] > 0.95
     assert "counted from each prompt's end" in summary["positions"]
 
 
@@ -67,7 +67,7 @@ def test_prompts_of_several_lengths_are_aligned_at_their_end(model, tmp_path):
     ([{"prompt": "1+2=", "labels": {"x": i % 2}} for i in range(29)] + [{"prompt": "1+2=", "labels": {}}],
      "no 'labels' object"),
     ([{"prompt": "1+2=", "labels": {"x": i % 2, "y": 1}} for i in range(29)] + [{"prompt": "1+2=", "labels": {"x": 0}}],
-     "'y' is missing on lines [30]"),
+     "'y' is missing on rows [30]"),
 ])
 def test_bad_labels_say_what_a_line_must_hold(rows, message):
     with pytest.raises(WorkbenchError, match=message.replace("[", r"\[").replace("]", r"\]")):
