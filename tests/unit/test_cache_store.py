@@ -149,19 +149,27 @@ def test_attention_patterns_keep_their_head_axis_at_all_positions(model, tmp_pat
     assert torch.allclose(reader["blocks.0.attn.hook_pattern", 2], cache["blocks.0.attn.hook_pattern"][0], atol=1e-6)
 
 
-@pytest.mark.parametrize("overlap", [True, False], ids=["writer-thread", "in-line"])
-def test_a_failed_write_keeps_the_complete_shards_and_resumes(model, tmp_path, overlap, monkeypatch):
+def _fail_writes(monkeypatch, fails):
+    """Make the cache's writes raise ENOSPC once ``fails(offsets written so far)`` is true; the real write back."""
     import workbench.cache_store as store
 
     real, calls = store._pwrite, []
 
     def failing(fd, data, offset):
         calls.append(offset)
-        if len(calls) > 12:  # part way into the second shard
+        if fails(calls):
             raise OSError(28, "No space left on device")
         real(fd, data, offset)
 
     monkeypatch.setattr(store, "_pwrite", failing)
+    return real
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["writer-thread", "in-line"])
+def test_a_failed_write_keeps_the_complete_shards_and_resumes(model, tmp_path, overlap, monkeypatch):
+    import workbench.cache_store as store
+
+    real = _fail_writes(monkeypatch, lambda calls: len(calls) > 12)  # part way into the second shard
     with pytest.raises(OSError, match="No space left"):
         write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False,
                     overlap=overlap)
@@ -218,17 +226,7 @@ def test_a_writer_thread_only_where_a_core_is_free(model, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["writer-thread", "in-line"])
 def test_a_shard_that_cannot_start_leaves_no_temporary_file(model, tmp_path, overlap, monkeypatch):
-    import workbench.cache_store as store
-
-    real, calls = store._pwrite, []
-
-    def failing(fd, data, offset):
-        calls.append(offset)
-        if offset == 0 and calls.count(0) == 2:  # the second shard's header
-            raise OSError(28, "No space left on device")
-        real(fd, data, offset)
-
-    monkeypatch.setattr(store, "_pwrite", failing)
+    _fail_writes(monkeypatch, lambda calls: calls[-1] == 0 and calls.count(0) == 2)  # the second shard's header
     with pytest.raises(OSError, match="No space left"):
         write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False,
                     overlap=overlap)
