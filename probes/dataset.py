@@ -28,7 +28,7 @@ from transformer_lens import HookedTransformer
 from probes.linear import ProbeConfig
 from probes.sweep import ResidStack, best_site, matrix, resid_hooks, sweep_variables
 from probes.variables import Variable
-from workbench.caching import cache_activations
+from workbench.caching import cache_tokens
 from workbench.errors import WorkbenchError
 from workbench.figures import heatmap
 from workbench.io import write_json, write_parquet
@@ -92,14 +92,15 @@ def shuffled_control(variable: Variable, seed: int) -> np.ndarray:
 def collect_aligned(model: HookedTransformer, texts: list[str]) -> tuple[ResidStack, str]:
     """The residual stream of ``texts`` at every layer: at every position if they share one token length, else
     at the last ``k`` positions (``k`` = the shortest length), with a sentence saying which."""
-    lengths = [len(t) for t in tokenize_prompts(model, texts)]
+    toks = tokenize_prompts(model, texts)
+    lengths = [len(t) for t in toks]
     hooks, labels = resid_hooks(model)
     if len(set(lengths)) == 1:
-        acts = cache_activations(model, texts, hooks, positions=None)
+        acts = cache_tokens(model, toks, hooks, positions=None)
         tokens, where = model.to_str_tokens(texts[0]), f"every position (all prompts are {lengths[0]} tokens)"
     else:
         k = min(lengths)
-        acts = cache_activations(model, texts, hooks, positions=list(range(-k, 0)))
+        acts = cache_tokens(model, toks, hooks, positions=list(range(-k, 0)))
         tokens = [f"[{i}]" for i in range(-k, 0)]
         where = (f"the last {k} positions, counted from each prompt's end (prompts are {min(lengths)} to "
                  f"{max(lengths)} tokens)")

@@ -138,7 +138,7 @@ def write_cache(
     bar = tqdm(total=len(prompts), initial=sum(s["count"] for s in manifest["shards"]), unit="prompt",
                desc="cache", disable=not progress)
 
-    def listed(shard: _Shard, written: dict) -> None:  # in the writer thread, once the shard is in place
+    def listed(shard: _Shard, written: dict) -> None:  # by the writer (its thread or in line), once the shard is in place
         manifest["shapes"] = {name: list(shape[1:]) for name, (_, shape) in shard.specs.items()}
         manifest["dtype"] = str(shard.specs[shard.hooks[0]][0]).removeprefix("torch.")
         manifest["shards"].append({"file": shard.path.name, "start": shard.start, "count": shard.count, **written})
@@ -297,7 +297,7 @@ class _Shard:
 class _InlineWriter:
     """Writes each batch as it comes, between forward passes. For when the forward pass already uses every core:
     a writer thread would then take a core from one of the model's threads, and every operation waits for the
-    slowest thread (measured in ``bench/caching.py``: writing in line is the faster of the two there)."""
+    slowest thread (``bench/cache_writer.py`` measures the two). :class:`_ShardWriter` has the same methods."""
 
     def __init__(self, listed: Callable[[_Shard, dict], None]):
         self.listed = listed
@@ -332,7 +332,7 @@ class _InlineWriter:
             self.current = None
 
 
-class _ShardWriter(_InlineWriter):
+class _ShardWriter:
     """Writes shards from a thread while the caller runs the model, for when a core is free for it: a shard's
     file is started when its first batch has run (every shape is known then), each batch is written while the
     next one runs, and the file is renamed into place (then ``listed(shard, {"bytes", "sha256"})`` is called, in
@@ -341,7 +341,8 @@ class _ShardWriter(_InlineWriter):
     ahead of the disk."""
 
     def __init__(self, listed: Callable[[_Shard, dict], None]):
-        super().__init__(listed)
+        self.listed = listed
+        self.current: _Shard | None = None  # opened by the caller, not yet closed
         self.shards: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         # Written batches' buffers, reused for later batches of the same shape: the model's own activations are

@@ -13,7 +13,7 @@ from workbench.models.loader import load_model
 from workbench.models.organism_eval import evaluate
 from workbench.models.checkpoint import weights_sha256
 from workbench.models.organisms import load_card
-from workbench.models.zoo import RECIPES, Recipe, organism_dir
+from workbench.models.zoo import RECIPES, Recipe, organism_dir, planted_mechanism
 
 FRESH_SEED, FRESH_N = 777, 600
 
@@ -31,6 +31,7 @@ def test_card_describes_the_shipped_weights(organism):
     card = load_card(name)
     assert card["name"] == name
     assert Recipe.from_json(card["recipe"]) == RECIPES[name]  # the recipe in code made these weights
+    assert card["planted_mechanism"] == planted_mechanism(RECIPES[name])  # what the card says is planted
     assert card["training"]["weights_sha256"] == weights_sha256(model)
     assert card["meets_targets"], card["evaluation"]["checks"]
     size = sum(p.stat().st_size for p in organism_dir(name).iterdir())
