@@ -172,10 +172,28 @@ def claims_table(summary: dict) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
+def hint_kinds_table(summary: dict) -> pd.DataFrame | None:
+    """One row per hint kind the study tested (a task that declares several): how often a wrong hint of that
+    kind becomes the answer, by chance, and how often the reasoning acknowledges it."""
+    by_kind = get(summary, "hint", "by_kind", default={})
+    if not isinstance(by_kind, dict) or not by_kind:
+        return None
+    rows = [{"hint kind": k, "wrong hint becomes the answer": interval(get(d, "switch_to_hint")),
+             "by chance (another wrong hint)": interval(get(d, "switch_by_chance")),
+             "reasoning mentions it": interval(get(d, "verbalised_any")),
+             "read by the verdict": "yes" if k == get(summary, "hint", "kind") else ""}
+            for k, d in by_kind.items() if isinstance(d, dict)]
+    return pd.DataFrame(rows)
+
+
 def show_study(summary: dict, truth: str | None = None, curves: bool = True) -> None:
-    """The verdict, its evidence, the curves and the claims, in that order."""
+    """The verdict, its evidence, the curves, the hint kinds and the claims, in that order."""
     verdict_header(summary, truth)
     deciding_table(summary)
+    if (kinds := hint_kinds_table(summary)) is not None:
+        st.markdown("**Each hint kind on its own** (Chen et al. 2025; the verdict reads the kind that moves the "
+                    "answer most)")
+        st.dataframe(kinds, hide_index=True, width="stretch")
     if (cross := cross_check_table(summary)) is not None:
         st.markdown("**Two estimates of each step's weight** (breaking the step vs resampling it; a clear "
                     "disagreement withholds the label)")

@@ -94,9 +94,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_faithfulness(args: argparse.Namespace) -> int:
-    from probes.faithfulness.adapter import AdditionAdapter
+    from probes.faithfulness.adapter import AdditionAdapter, adapter_for_task
     from probes.faithfulness.report import write_study
     from probes.faithfulness.suite import GROUND_TRUTH, run_suite
+    from workbench.models.zoo import task_of
     from workbench.models.loader import load_model
     from workbench.resume import WORK_DIR
 
@@ -111,6 +112,11 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
             raise WorkbenchError("--digits and --widths set the built-in addition task; a task --adapter sets its "
                                  "own problems")
         adapter = load_adapter(args.adapter)
+    elif task_of(args.model) != "addition":
+        if args.digits is not None or args.widths is not None:
+            raise WorkbenchError(f"--digits and --widths set the addition task; {args.model} does the "
+                                 f"{task_of(args.model)} task")
+        adapter = adapter_for_task(task_of(args.model))
     else:
         adapter = AdditionAdapter(digits=args.digits or 3, widths=tuple(args.widths or (2, 3)))
     summary, rows = run_suite(model, adapter, n=args.n, tests=args.tests, seed=args.seed,

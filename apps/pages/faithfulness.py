@@ -36,7 +36,11 @@ def suite(spec: str, stamp: int, n: int, tests: tuple, _progress=None):
     from apps.common import load
 
     t0 = time.perf_counter()
-    summary, rows = run_suite(load(spec), n=n, tests=list(tests), progress=_progress)
+    from probes.faithfulness.adapter import adapter_for_task
+    from workbench.models.zoo import task_of
+
+    summary, rows = run_suite(load(spec), adapter_for_task(task_of(spec)), n=n, tests=list(tests),
+                              progress=_progress)
     return summary, rows, time.perf_counter() - t0
 
 

@@ -20,6 +20,7 @@ from apps.common import (
     pick_model,
     picked_spec,
     prompt_input,
+    seed,
     shorten,
     valid_text,
     visible,
@@ -38,7 +39,7 @@ from probes.faithfulness.per_prompt import (
 )
 from apps.verdict_view import get, interval, read_study, show_study
 from workbench.errors import WorkbenchError
-from workbench.models.zoo import RECIPES
+from workbench.models.zoo import RECIPES, task_of
 from workbench.tasks import formats
 from workbench.tasks.parse import parse_prompt
 
@@ -105,7 +106,11 @@ def sources_of(spec: str, stamp: int, prompt: str):
 def quick_study(spec: str, stamp: int) -> dict:
     from probes.faithfulness.suite import run_suite
 
-    summary, _ = run_suite(load(spec), n=QUICK_N, tests=QUICK_TESTS, claims_n=QUICK_N)
+    from probes.faithfulness.adapter import adapter_for_task
+    from workbench.models.zoo import task_of
+
+    summary, _ = run_suite(load(spec), adapter_for_task(task_of(spec)), n=QUICK_N, tests=QUICK_TESTS,
+                           claims_n=QUICK_N)
     return summary
 
 
@@ -200,11 +205,20 @@ left, right = st.columns([1, 2])
 with left:
     model = pick_model(key="svi_model", default="adder-cot-posthoc")
 spec = picked_spec("svi_model")
+story = model is not None and task_of(spec) == "wordproblems"
 with right:
-    prompt = prompt_input("Prompt (a+b=, or hint:H a+b=)", DEFAULT_PROMPT, key="svi_prompt")
+    if story:  # a story, and its hint on a line of its own: a text area
+        from apps import story_view
+
+        seed("svi_story", story_view.DEFAULT_STORY)
+        prompt = st.text_area("Story (optionally after a hint line)", key="svi_story", height=90)
+    else:
+        prompt = prompt_input("Prompt (a+b=, or hint:H a+b=)", DEFAULT_PROMPT, key="svi_prompt")
 
 stated = population = None
-if model is not None and valid_text(model, prompt):
+if story and valid_text(model, prompt):
+    guarded(story_view.show, model, spec, model_stamp(spec), prompt)
+elif model is not None and valid_text(model, prompt):
     parsed = parse_prompt(prompt)
     if parsed.problem is None or parsed.rest:
         st.info("This page reads one addition problem: type 'a+b=' (e.g. 478+256=), optionally after 'hint:H '.")

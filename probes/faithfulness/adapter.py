@@ -160,3 +160,16 @@ class AdditionAdapter:
         out = {"hint": [(0, start)] if start else [], "operands": [(start, eq)],
                "cot": [(eq, mark)] if mark > eq else []}
         return out
+
+
+def adapter_for_task(task: str):
+    """The built-in adapter of a task family (an organism's ``recipe.task``)."""
+    if task == "wordproblems":
+        from probes.faithfulness.word_adapter import WordProblemAdapter
+
+        return WordProblemAdapter()
+    if task == "addition":
+        return AdditionAdapter(digits=3, widths=(2, 3))
+    from workbench.errors import WorkbenchError
+
+    raise WorkbenchError(f"unknown task {task!r}; tasks: addition, wordproblems")

@@ -181,3 +181,78 @@ def task_claims(model: HookedTransformer, adapter: TaskAdapter, problems: list, 
            "used": rate([r["used"] for r in rows if r["used"] is not None]), "by_variable": per_var}
     agg["all"] = {k: agg[k] for k in ("claim_true", "represented", "used")}
     return agg, rows
+
+
+REFERENCE_N = 300
+"""Held-out problems a one-prompt view fits its probes on."""
+
+
+def probe_reference(model: HookedTransformer, adapter: TaskAdapter, problems: list, exclude=None,
+                    cfg: ProbeConfig = ProbeConfig()) -> dict:
+    """Per declared variable, a ridge probe on the residual stream at the prompt's last token, fitted on
+    ``problems`` (less ``exclude``, so a prompt is never read by a probe trained on it) at the layer that reads
+    it best on a validation part of them: ``{name: (layer, values, probe) | None}``."""
+    problems = [p for p in problems if p != exclude]
+    truth = [dict(adapter.variables(p)) for p in problems]
+    acts = _last_token_resid(model, [adapter.prompt(p) for p in problems])
+    fit, val = split(len(problems), 0.25, cfg.seed + 1)
+    out = {}
+    for name in dict.fromkeys(n for t in truth for n in t):
+        have = [k for k, t in enumerate(truth) if name in t]
+        values = sorted({str(truth[k][name]) for k in have})
+        if len(values) < 2:
+            out[name] = None
+            continue
+        y = torch.zeros(len(problems), dtype=torch.long)
+        y[have] = torch.tensor([values.index(str(truth[k][name])) for k in have])
+        mask = torch.zeros(len(problems), dtype=torch.bool)
+        mask[have] = True
+        tr, va = fit[mask[fit]], val[mask[val]]
+        choose = fit_ridge_classifiers(acts, [y], [len(values)], tr, va, cfg.ridge)[0]
+        layer = int(torch.argmax(choose.test_accuracy))
+        every = torch.nonzero(mask).flatten()
+        final = fit_ridge_classifiers(acts[layer][None], [y], [len(values)], every, va, cfg.ridge)[0]
+        out[name] = (layer, values, final)
+    return out
+
+
+def claims_for_problem(model: HookedTransformer, adapter: TaskAdapter, prompt: str, problem, reference: dict,
+                       rng: np.random.Generator | None = None) -> dict:
+    """One prompt's stated values, each marked true (against the task's variables), represented (the
+    reference's probe reads it at the prompt's last token, before anything is stated) and used (the written
+    value replaced, the model continues from the step's end, and its answer becomes what the task's causal model
+    gives; with no causal model, the answer changes). ``prompt`` may carry a hint before ``problem``'s prompt;
+    the probes read the prompt as given."""
+    rng = rng or np.random.default_rng(0)
+    completion = generate(model, [prompt], 96)[0]
+    steps, answer = adapter.split(completion)
+    truth = dict(adapter.variables(problem))
+    stated = dict(adapter.stated_values(completion)) if answer is not None else {}
+    acts = _last_token_resid(model, [prompt])
+    given = getattr(adapter, "answer_given", None)
+    bounds = np.cumsum([len(x) for x in steps]).tolist()
+    rows, jobs = [], []
+    for name, (value, (start, end)) in stated.items():
+        ref = reference.get(name)
+        reads = None
+        if ref is not None:
+            layer, values, probe = ref
+            reads = values[int(probe.logits(acts[layer][None])[0, 0].argmax())]
+        alt = _alternative(adapter, name, value, sorted({int(v) for v in ref[1]}) if ref else [], rng)
+        rows.append({"variable": name, "stated": value, "true": truth.get(name), "span": (start, end),
+                     "claim_true": str(value) == str(truth.get(name)) if name in truth else None,
+                     "probe_reads": reads, "represented": None if reads is None else reads == str(value),
+                     "probe_site": None if ref is None else f"resid {ref[0]} at the last prompt token",
+                     "replaced_by": alt, "used": None})
+        if alt is not None:
+            end_of_step = next((b for b in bounds if b >= end), end)
+            jobs.append((len(rows) - 1, alt, prompt + completion[:start] + str(alt) + completion[end:end_of_step]))
+    conts = generate(model, [j[2] for j in jobs], 96) if jobs else []
+    for (k, alt, text), cont in zip(jobs, conts):
+        new = adapter.split(text[len(prompt):] + cont)[1]
+        expected = given(problem, rows[k]["variable"], alt) if given is not None else None
+        rows[k]["answer_after"] = new
+        rows[k]["answer_expected"] = expected
+        rows[k]["used"] = None if new is None else (new == expected if given is not None else new != answer)
+    return {"completion": completion, "answer": answer, "true_answer": adapter.true_answer(problem),
+            "values": rows}

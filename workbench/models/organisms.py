@@ -6,6 +6,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import DamagedFile, read_json_object, save_checkpoint, weights_sha256
 from workbench.models.organism_eval import evaluate
@@ -18,11 +20,39 @@ log = logging.getLogger(__name__)
 
 
 def _format_examples(name: str) -> dict:
+    if get_recipe(name).task == "wordproblems":
+        from workbench.tasks import wordproblems as wp
+
+        p = wp.sample_problems(1, "test", 0)[0]
+        return {"cot": wp.cot(p).text, "corrupted_cot": wp.corrupted(p, np.random.default_rng(0), True).prompt,
+                **{f"hint_{k}": wp.hint_line(k, wp.wrong_hint(p, np.random.default_rng(1))) + wp.prompt(p)
+                   for k in wp.HINT_KINDS}}
     p = Problem(36, 59)
     samples = {"adder-direct": [formats.direct(p), formats.explanation(p)],
                "adder-hint": [formats.cot(p), formats.hint(p, 97)]}
     chosen = samples.get(name, [formats.cot(p), formats.corrupted_cot(p, 0, "result", False, 4)])
     return {s.meta["format"]: s.text for s in chosen}
+
+
+def _data_card(recipe) -> dict:
+    loss = "next-token cross-entropy on the completion (and its end-of-text token) only"
+    if recipe.task == "wordproblems":
+        from workbench.tasks import wordproblems as wp
+
+        return {"task": "wordproblems", "mix": dict(recipe.mix), "changes_per_problem": [2, 3],
+                "counts": [wp.MIN_COUNT, wp.MAX_COUNT], "change_sizes": [2, wp.MAX_CHANGE],
+                "tokenizer": "byte-level BPE with single-digit tokens, trained on the family's texts "
+                             "(workbench.models.trainer.task_tokenizer)",
+                "split": f"the (start, changes) arithmetic; a tenth is held out by is_test_key "
+                         f"(~{wp.TEST_FRACTION:.0%}), whatever the names and objects",
+                "hint_kinds_followed": list(recipe.planted_hint_kinds), "loss": loss}
+    return {
+        "task": "addition",
+        "operand_digits": list(recipe.digits),
+        "mix": dict(recipe.mix),
+        "split": f"unordered operand pairs; a pair is held out iff is_test_pair(a, b) (~{TEST_FRACTION:.0%})",
+        "loss": loss,
+    }
 
 
 def train_organism(
@@ -46,12 +76,7 @@ def train_organism(
         "planted_truth": recipe.planted_truth,
         "planted_mechanism": planted_mechanism(recipe),
         "format_examples": _format_examples(name),
-        "data": {
-            "operand_digits": list(recipe.digits),
-            "mix": dict(recipe.mix),
-            "split": f"unordered operand pairs; a pair is held out iff is_test_pair(a, b) (~{TEST_FRACTION:.0%})",
-            "loss": "next-token cross-entropy on the completion (and its end-of-text token) only",
-        },
+        "data": _data_card(recipe),
         "recipe": recipe.to_json(),
         "training": {**summary, "weights_sha256": weights_sha256(model)},
         "evaluation": {**report, "seconds": round(time.perf_counter() - t0, 1)},

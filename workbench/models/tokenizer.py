@@ -157,3 +157,33 @@ def tokenize_prompts(model: HookedTransformer, prompts: list[str], reserve: int 
                                  f"the model's context is {model.cfg.n_ctx}")
         out.append(torch.tensor(prefix + ids, dtype=torch.long, device=model.cfg.device))
     return out
+
+
+def build_bpe_tokenizer(texts: list[str], vocab_size: int = 512, model_max_length: int = 192
+                        ) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``, in the shape of the real models' ones: GPT-2's byte-level
+    pre-tokenizer (any text encodes, none is unknown) with every digit a token of its own (as Llama's and Qwen's
+    split numbers), ``<pad>``, ``<bos>``, ``<eos>`` first, and a BOS the tokenizer itself prepends.
+
+    Training is deterministic: the same texts and size give the same vocabulary and merges (checked in the tests),
+    so an organism's tokenizer is part of what its recipe reproduces.
+    """
+    from tokenizers import trainers
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(texts, trainer=trainer)
+    bos = core.token_to_id(BOS)
+    core.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
+                                                        special_tokens=[(BOS, bos)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=model_max_length,
+        add_bos_token=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        return load_tokenizer(tmp)

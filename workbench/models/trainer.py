@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.io import atomic_dir, file_digest
 from workbench.resume import check_same_run
-from workbench.models.tokenizer import build_char_tokenizer
+from workbench.models.tokenizer import build_bpe_tokenizer, build_char_tokenizer, is_char_tokenizer
 from workbench.models.zoo import ArchConfig, Recipe, TrainConfig, build_samples
 from workbench.tasks.formats import Sample
 
@@ -57,7 +57,10 @@ class EncodedSamples:
 
 
 def encode_samples(tokenizer: PreTrainedTokenizerBase, samples: list[Sample]) -> EncodedSamples:
-    """Encode samples of a char tokenizer in one vectorised pass (no per-sample tokenizer call)."""
+    """Encode samples in one vectorised pass: a char tokenizer by a numpy lookup, any other tokenizer by one
+    batched call over the prompts and one over the completions (no per-sample tokenizer call)."""
+    if not is_char_tokenizer(tokenizer):
+        return _encode_subword(tokenizer, samples)
     vocab = tokenizer.get_vocab()
     lut = np.full(128, -1, dtype=np.int64)
     for tok, i in vocab.items():
@@ -82,6 +85,48 @@ def encode_samples(tokenizer: PreTrainedTokenizerBase, samples: list[Sample]) ->
     pos = np.arange(width)[None, :]
     loss_mask = (pos >= prompt_len[:, None] + 1) & (pos <= text_len[:, None] + 1)
     return EncodedSamples(torch.from_numpy(tokens), torch.from_numpy(loss_mask), torch.from_numpy(text_len + 2))
+
+
+def _encode_subword(tokenizer: PreTrainedTokenizerBase, samples: list[Sample]) -> EncodedSamples:
+    """Prompt and completion are tokenized apart and joined, as generation sees them (the prompt's tokens, then
+    the model's); the task formats put a word boundary there, so this equals tokenizing the whole text."""
+    prompts = tokenizer([s.prompt for s in samples], add_special_tokens=False)["input_ids"]
+    comps = tokenizer([s.completion for s in samples], add_special_tokens=False)["input_ids"]
+    p_len = np.fromiter(map(len, prompts), dtype=np.int64, count=len(samples))
+    c_len = np.fromiter(map(len, comps), dtype=np.int64, count=len(samples))
+    text_len = p_len + c_len
+    n, width = len(samples), int(text_len.max()) + 2
+    tokens = np.full((n, width), tokenizer.pad_token_id, dtype=np.int64)
+    tokens[:, 0] = tokenizer.bos_token_id
+    flat = np.fromiter((t for p, c in zip(prompts, comps) for t in (*p, *c)), dtype=np.int64, count=int(text_len.sum()))
+    rows = np.repeat(np.arange(n), text_len)
+    starts = np.concatenate([[0], np.cumsum(text_len)[:-1]])
+    tokens[rows, np.arange(len(flat)) - np.repeat(starts, text_len) + 1] = flat
+    tokens[np.arange(n), text_len + 1] = tokenizer.eos_token_id
+    pos = np.arange(width)[None, :]
+    loss_mask = (pos >= p_len[:, None] + 1) & (pos <= text_len[:, None] + 1)
+    return EncodedSamples(torch.from_numpy(tokens), torch.from_numpy(loss_mask), torch.from_numpy(text_len + 2))
+
+
+TOKENIZER_CORPUS = 4000
+"""Word problems the word-problem family's BPE tokenizer is trained on (each in every format and hint kind)."""
+
+
+def task_tokenizer(task: str, n_ctx: int) -> PreTrainedTokenizerBase:
+    """The tokenizer of a task family: characters for addition; for word problems a byte-level BPE trained on a
+    fixed corpus of the family's texts (the same for every organism of the family, so they can be diffed)."""
+    if task == "addition":
+        return build_char_tokenizer(model_max_length=n_ctx)
+    if task != "wordproblems":
+        raise WorkbenchError(f"unknown task {task!r}; tasks: addition, wordproblems")
+    from workbench.tasks import wordproblems as wp
+
+    rng = np.random.default_rng(0)
+    texts = []
+    for p in wp.sample_problems(TOKENIZER_CORPUS, "train", rng):
+        texts += [wp.cot(p).text, wp.corrupted(p, rng, True).text, wp.truncated(p, rng, True).text]
+        texts += [wp.hint_line(k, wp.wrong_hint(p, rng)) for k in wp.HINT_KINDS]
+    return build_bpe_tokenizer(texts, model_max_length=n_ctx)
 
 
 def hooked_config(arch: ArchConfig, d_vocab: int) -> HookedTransformerConfig:
@@ -345,7 +390,7 @@ def train(
         check_same_run(marker, recipe_json, state_dir, "pass --no-resume (or another --work-dir) to start from step 0")
     t0 = time.perf_counter()
     with deterministic_cpu(cfg.num_threads):
-        tokenizer = build_char_tokenizer(model_max_length=recipe.arch.n_ctx)
+        tokenizer = task_tokenizer(recipe.task, recipe.arch.n_ctx)
         data = encode_samples(tokenizer, build_samples(recipe, cfg.pool_size, "train", cfg.seed + DATA_SEED_OFFSET))
         if data.tokens.shape[1] > recipe.arch.n_ctx:
             raise ValueError(f"samples need {data.tokens.shape[1]} positions, n_ctx is {recipe.arch.n_ctx}")
