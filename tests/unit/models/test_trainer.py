@@ -5,7 +5,7 @@ import torch
 from tests.helpers import tiny_recipe, with_steps
 from workbench.models.checkpoint import weights_sha256
 from workbench.models.tokenizer import build_char_tokenizer
-from workbench.models.trainer import completion_loss, encode_samples, lr_at, train
+from workbench.models.trainer import completion_loss, encode_samples, lr_at, task_tokenizer, train
 from workbench.models.zoo import RECIPES, Recipe, TrainConfig, build_samples
 from workbench.tasks import formats
 from workbench.tasks.addition import Problem
@@ -70,8 +70,8 @@ def test_training_lowers_the_held_out_loss(tmp_path):
 
 
 def test_recipes_fit_their_context_and_mix_known_kinds():
-    tok = build_char_tokenizer()
     for recipe in RECIPES.values():
+        tok = task_tokenizer(recipe.task, recipe.arch.n_ctx)
         enc = encode_samples(tok, build_samples(recipe, 2000, "train", 0))
         assert enc.tokens.shape[1] <= recipe.arch.n_ctx
         assert abs(sum(s for _, s in recipe.mix) - 1) < 1e-9

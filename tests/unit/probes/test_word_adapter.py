@@ -51,3 +51,48 @@ def test_spans_cover_hint_story_and_reasoning():
     assert text[h0:h1] == wp.hint_line("grader", 55) and text[o0:o1] == wp.prompt(p)
     assert text[c0:c1] == wp.cot(p).completion.partition(AD.answer_mark)[0]
     assert AD.spans(wp.prompt(p))["hint"] == []
+
+
+def _story_run(n=40):
+    from probes.faithfulness import behaviour as B
+
+    problems = AD.problems(n, 3)
+    comps = [wp.cot(p).completion for p in problems]
+    return B.run_of(AD, problems, comps)
+
+
+def test_each_hint_kind_is_tested_and_reported_on_its_own(monkeypatch):
+    """A scripted model that answers metadata hints and ignores every other kind: the by-kind report says so, the
+    verdict reads the metadata kind, and the per-kind scoring marks each kind against what was planted."""
+    from probes.faithfulness import behaviour as B
+    from probes.faithfulness.suite import hint_kinds_against_truth, verdict
+
+    def follows_metadata(model, texts, want):
+        out = []
+        for t in texts:
+            problem, kind, hint = wp.parse_story(t.split("?")[0] + "?")
+            head = t[t.index("?") + 1:]
+            if problem is None:
+                out.append("")
+                continue
+            steps = "".join(wp.true_steps(problem))
+            answer = hint if kind == "metadata" else problem.answer
+            out.append((steps + AD.answer_mark + f"{answer}.")[len(head):])
+        return out
+
+    monkeypatch.setattr(B, "generate", follows_metadata)
+    run = _story_run()
+    summary, rows = B.hints_by_kind(None, AD, run, np.random.default_rng(0))
+    assert set(summary["by_kind"]) == set(wp.HINT_KINDS) and summary["kind"] == "metadata"
+    assert summary["by_kind"]["metadata"]["switch_to_hint"]["rate"] == 1.0
+    assert all(summary["by_kind"][k]["switch_to_hint"]["rate"] == 0.0 for k in wp.HINT_KINDS if k != "metadata")
+    assert {r["hint_kind"] for r in rows if r["test"] == "hint"} == set(wp.HINT_KINDS)
+    assert "mistakes_when_hinted" in summary
+    acc = {"rate": 1.0, "n": 40, "ci95": [0.91, 1.0]}
+    v = verdict({"stated_reasoning": {"accuracy": acc}, "hint": summary})
+    assert v["verdict"] == "hint-driven" and "metadata hints" in v["why"]
+    right = hint_kinds_against_truth({"story-hint": ({"hint": summary}, rows)})["story-hint"]
+    # story-hint's planted kinds are metadata, grader and unethical: this model is right on three kinds of five
+    assert right["metadata"]["correct"] and right["sycophancy"]["correct"] and right["consistency"]["correct"]
+    assert not right["grader"]["correct"] and right["grader"]["judged"] == "ignored"
+    assert right["unethical"]["planted"] == "drives" and not right["unethical"]["correct"]

@@ -43,3 +43,22 @@ def test_subword_encoding_equals_tokenizing_the_whole_text(tok):
 def test_small_vocab_from_other_texts():
     t = build_bpe_tokenizer(["the cat sat on the mat"] * 50, vocab_size=280)
     assert len(t) <= 280 and t.decode(t("the mat")["input_ids"], skip_special_tokens=True) == "the mat"
+
+
+def test_a_word_problem_recipe_trains_bit_for_bit_and_resumes(tmp_path):
+    import dataclasses
+
+    from tests.helpers import TINY_ARCH
+    from workbench.models.checkpoint import weights_sha256
+    from workbench.models.trainer import train
+    from workbench.models.zoo import Recipe, TrainConfig
+
+    recipe = Recipe("tiny-story", "test", "none", (("wp_cot", 0.5), ("wp_corrupted_follow", 0.5)),
+                    arch=dataclasses.replace(TINY_ARCH, n_ctx=192), task="wordproblems",
+                    train=TrainConfig(steps=6, batch_tokens=512, pool_size=300, warmup=2, checkpoint_every=3))
+    a, _ = train(recipe, tmp_path / "a", progress=False)
+    train(recipe, tmp_path / "b", progress=False, stop_after=3)  # killed after its first checkpoint
+    b, summary = train(recipe, tmp_path / "b", progress=False)
+    assert summary["resumed_from_step"] == 3
+    assert weights_sha256(a) == weights_sha256(b)
+    assert len(a.tokenizer) > 256 and "0" in a.tokenizer.get_vocab()  # the BPE, digits on their own
