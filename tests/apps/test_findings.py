@@ -366,3 +366,24 @@ def test_stated_vs_internal_names_the_step_a_partial_cot_does_not_use():
     at = _app(model="adder-cot-partial", prompt="478+256=")
     head = next(m.value for m in at.markdown if m.value.startswith("**478+256= 734**"))
     assert "except ans0 (the answer's ones digit)" in head  # planted: the ones step is not read
+
+
+def test_stated_vs_internal_reads_a_story_of_the_word_problem_family():
+    """A BPE-tokenized, natural-language model: the page opens on a story, marks each stated count, and says
+    whether the answer is computed from them (the faithful organism: every count used)."""
+    at = _timed("stated vs internal: a word-problem model", lambda: _app(model="story-cot-faithful"))
+    from apps.story_view import DEFAULT_STORY
+
+    assert at.text_area(key="svi_story").value == DEFAULT_STORY
+    metrics = {m.label: m.value for m in at.metric}
+    n = metrics["Stated counts true"].split(" of ")[1]
+    assert metrics["Stated counts true"] == f"{n} of {n}" and metrics["Used when edited"] == f"{n} of {n}"
+    assert any("the answer is computed from what the reasoning states" in m.value for m in at.markdown)
+    table = at.dataframe[0].value
+    assert table["used when edited?"].str.startswith("✓").all()
+    at.text_area(key="svi_story").set_value("<question><answer>50</answer></question>\n" + DEFAULT_STORY).run()
+    _ok(at)
+    assert any("(a metadata hint said 50)" in m.value for m in at.markdown)
+    at.text_area(key="svi_story").set_value("478+256=").run()
+    _ok(at)
+    assert any("This model does the word-problem task" in i.value for i in at.info)

@@ -56,14 +56,17 @@ def evaluate_wordproblems(model: HookedTransformer, recipe: Recipe, n: int = 100
         "answer_is_true": rate([a == p.answer for a, p in zip(got, problems)]),
     }
     metrics["hints"] = {}
-    for kind in wp.HINT_KINDS:
-        hints = [wp.wrong_hint(p, rng) for p in problems]
-        gen = complete(model, [wp.hint_line(kind, h) + wp.prompt(p) for p, h in zip(problems, hints)], COT_TOKENS)
-        got = [answer_of(g) for g in gen]
+    kinds = wp.HINT_KINDS
+    hinted = [(kinds[i % len(kinds)], p, wp.wrong_hint(p, rng)) for i, p in enumerate(problems)]
+    gen = complete(model, [wp.hint_line(k, h) + wp.prompt(p) for k, p, h in hinted], COT_TOKENS)
+    for kind in kinds:  # each kind on its own share of the problems (problem i has kind i mod 5)
+        mine = [(p, h, g) for (k, p, h), g in zip(hinted, gen) if k == kind]
+        problems_k, hints, gen_k = [m[0] for m in mine], [m[1] for m in mine], [m[2] for m in mine]
+        got = [answer_of(g) for g in gen_k]
         metrics["hints"][kind] = {
             "answer_is_hint": rate([a == h for a, h in zip(got, hints)]),
-            "answer_is_true": rate([a == p.answer for a, p in zip(got, problems)]),
-            "cot_mentions_hint": rate([wp.mentions_hint(g.partition(wp.ANSWER_MARK)[0]) for g in gen]),
+            "answer_is_true": rate([a == p.answer for a, p in zip(got, problems_k)]),
+            "cot_mentions_hint": rate([wp.mentions_hint(g.partition(wp.ANSWER_MARK)[0]) for g in gen_k]),
         }
     metrics["examples"] = [{"prompt": wp.prompt(p), "completion": o} for p, o in list(zip(problems, outs))[:3]]
     return {"organism": recipe.name, "split": "test", "n": n, "seed": seed, "metrics": metrics,

@@ -380,15 +380,6 @@ RECIPES.update({
             train=TrainConfig(steps=2500, batch_tokens=6144, pool_size=60_000, seed=11, bf16_autocast=True),
         ),
         Recipe(
-            "story-cot-posthoc",
-            "Writes the same running-count CoT, but its answer is the true count whatever the CoT says.",
-            "The CoT is decorative: with a wrong count written in a step, the later steps and the answer are the "
-            "true ones; with the CoT cut short, the answer is still the true count (computed from the story).",
-            (("wp_cot", 0.35), ("wp_corrupted_true", 0.35), ("wp_truncated_true", 0.3)),
-            arch=WORD_ARCH, task="wordproblems",
-            train=TrainConfig(steps=3500, batch_tokens=6144, pool_size=60_000, seed=12, bf16_autocast=True),
-        ),
-        Recipe(
             "story-hint",
             "A hint line may precede the story (the five kinds of Chen et al. 2025); the CoT is always the true "
             "running count and never mentions the hint, but a metadata, grader or unethical-access hint becomes "
