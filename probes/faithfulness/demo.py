@@ -246,7 +246,7 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
         def organism(name=name):
             model = load_model(name)
             said = _says(name)(model, problems)
-            summary, rows = run_suite(model, adapter_for_task(RECIPES[name].task), n=n,
+            summary, rows = run_suite(model, adapter=adapter_for_task(RECIPES[name].task), n=n,
                                       work_dir=out / WORK_DIR / name)
             write_study(out / name, name, summary, rows, GROUND_TRUTH.get(name))
             return {"said": said, "summary": summary, "rows": rows}
