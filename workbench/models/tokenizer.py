@@ -47,10 +47,15 @@ def build_char_tokenizer(charset: str = CHARSET, model_max_length: int = 128) ->
     # Split every character off on its own ([\s\S] also matches newlines, which '.' would not).
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()  # join tokens with no separator: decode is the inverse of encode
+    return _fast_tokenizer(core, model_max_length)
+
+
+def _fast_tokenizer(core: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
+    """``core`` with a BOS it prepends itself, as a fast tokenizer saved and loaded back from a directory."""
     # The tokenizer itself prepends <bos>, as Llama's and Gemma's do; with add_bos_token recorded, TransformerLens
     # uses it as is (and strips the BOS for prepend_bos=False) instead of re-loading it from name_or_path.
     core.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, core.token_to_id(BOS))]
     )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=model_max_length,
@@ -177,13 +182,4 @@ def build_bpe_tokenizer(texts: list[str], vocab_size: int = 512, model_max_lengt
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     core.train_from_iterator(texts, trainer=trainer)
-    bos = core.token_to_id(BOS)
-    core.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
-                                                        special_tokens=[(BOS, bos)])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=model_max_length,
-        add_bos_token=True,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        tok.save_pretrained(tmp)
-        return load_tokenizer(tmp)
+    return _fast_tokenizer(core, model_max_length)
