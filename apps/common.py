@@ -1,7 +1,7 @@
 """What every page shares: picking and loading a model (cached), showing bad input as an error, and the state
 that travels between pages and in links.
 
-Shared state: the model, the prompt (its problem, ``[hint:H ]a+b=``) and the layer a page shows are kept in
+Shared state: the model, the prompt (its problem: ``[hint:H ]a+b=``, or a hint line and a story) and the layer a page shows are kept in
 ``st.session_state`` (``shared_model``, ``shared_prompt``, ``shared_layer``) and written to the URL's query string
 (``?model=...&prompt=...&layer=...``), so the next page opens on what this one showed and the address bar holds a
 link to the view. A link opened in a new session seeds the shared state from its query string
@@ -110,14 +110,22 @@ def share(name: str, value) -> None:
         st.query_params[name] = str(value)
 
 
-def problem_head(text: str) -> str | None:
-    """The problem a text starts with, ``[hint:H ]a+b=`` (what pages share as the prompt), or None."""
-    from workbench.tasks.parse import parse_prompt
+def task_view(spec: str | None):
+    """How pages read a prompt of the model's task family (:mod:`workbench.tasks.views`): the addition task for
+    a model whose card names none (and before any model is picked)."""
+    from workbench.models.zoo import task_of
+    from workbench.tasks.views import view_for
 
-    parsed = parse_prompt(text) if isinstance(text, str) else None
-    if parsed is None or parsed.problem is None:
-        return None
-    return (f"hint:{parsed.hint} " if parsed.hint is not None else "") + f"{parsed.problem.a}+{parsed.problem.b}="
+    try:
+        return view_for(task_of(spec) if spec else "addition")
+    except (WorkbenchError, OSError, ValueError):
+        return view_for("addition")
+
+
+def problem_head(text: str, view=None) -> str | None:
+    """The problem a text starts with (``[hint:H ]a+b=``, or a hint line and a story: what pages share as the
+    prompt), or None."""
+    return (view or task_view(None)).head(text)
 
 
 def seed(key: str, value) -> None:
@@ -127,17 +135,31 @@ def seed(key: str, value) -> None:
         st.session_state[key] = value
 
 
-def prompt_input(label: str = "Prompt", default: str = "36+59=", key: str | None = None, derive=None) -> str:
+def prompt_input(label: str = "Prompt", default: str | None = None, key: str | None = None, derive=None,
+                 view=None) -> str:
     """A prompt box that opens on the shared prompt (``derive(shared)`` turns it into this page's text, e.g. with
-    the model's CoT appended); a text that starts with a problem makes that problem the shared prompt."""
+    the model's CoT appended); a text that starts with a problem makes that problem the shared prompt.
+
+    ``view`` is the task family of the page's model (:func:`task_view`): a shared prompt of another family is
+    not reused, the box opens on ``default`` or the family's own default, and a family whose prompts hold a line
+    break (a hint line before a story) gets a text area."""
+    view = view or task_view(None)
     key = key or f"prompt_{label}"
+    if st.session_state.get(f"{key}_task", view.name) != view.name:
+        st.session_state.pop(key, None)  # the model's task changed: a prompt of the other task means nothing here
+    st.session_state[f"{key}_task"] = view.name
     if key not in st.session_state:
         start = shared("prompt")
+        start = start if start and view.head(start) is not None else None
         if start and derive is not None:
             start = derive(start)
-        st.session_state[key] = start or default
-    text = st.text_input(label, key=key)
-    share("prompt", problem_head(text))
+        own = view.default_text if derive is not None else view.default_prompt
+        st.session_state[key] = start or (default if default is not None and view.name == "addition" else own)
+    if view.name == "addition":
+        text = st.text_input(label, key=key)
+    else:
+        text = st.text_area(label, key=key, height=90)
+    share("prompt", view.head(text))
     return text
 
 
@@ -283,12 +305,11 @@ def own_completion(spec: str, model, prompt: str) -> str:
 
 
 def answer_context(spec: str, model, prompt: str) -> str:
-    """The prompt and the model's own reasoning up to where its answer starts (`` ans ``, included): the text on
-    which its next token is the answer's first digit. The prompt alone for a model that answers at once."""
-    from workbench.tasks.formats import ANSWER_MARK
-
+    """The prompt and the model's own reasoning up to where its answer starts (its task's answer mark, e.g.
+    `` ans ``, included): the text on which its next token is the answer's first digit. The prompt alone for a
+    model that answers at once."""
     completion = own_completion(spec, model, prompt)
-    head, mark, _ = completion.partition(ANSWER_MARK)
+    head, mark, _ = completion.partition(task_view(spec).answer_mark)
     return prompt + head + mark if mark else prompt
 
 

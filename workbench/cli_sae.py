@@ -123,13 +123,16 @@ def cmd_sae_eval(args: argparse.Namespace) -> int:
 
 def labelled_texts(model_spec: str, n: int, split: str, seed: int) -> tuple[list[str], list]:
     """The model's texts whose problems all have the most common number of columns, with those problems (task
-    variables, and so feature labels, need aligned columns)."""
+    variables, and so feature labels, need aligned columns); for a task without addition problems, all its
+    texts and None (features are then described by their top contexts and logits, not labelled)."""
     from collections import Counter
 
     from workbench.tasks.parse import parse_prompt
 
     texts = texts_for(model_spec, n, split, seed)
     problems = [parse_prompt(t).problem for t in texts]
+    if not any(problems):  # another task family (the word problems): its texts, without addition's labels
+        return texts, None
     common = Counter(len(p.columns) for p in problems if p is not None).most_common(1)[0][0]
     keep = [i for i, p in enumerate(problems) if p is not None and len(p.columns) == common]
     return [texts[i] for i in keep], [problems[i] for i in keep]

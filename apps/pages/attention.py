@@ -2,14 +2,16 @@
 
 import streamlit as st
 
-from apps.common import DEFAULT_TEXT, answer_context, pick_model, picked_spec, prompt_input, seed, share, shared_layer, valid_text
+from apps.common import (DEFAULT_TEXT, answer_context, pick_model, picked_spec, prompt_input, seed, share, shared_layer,
+                         task_view, valid_text)
 from workbench.figures import heatmap_figure
 
 st.title("Attention")
 model = pick_model(key="attn_model")
 spec = picked_spec("attn_model")
 derive = (lambda p: answer_context(spec, model, p)) if model is not None else None
-prompt = prompt_input("Prompt", DEFAULT_TEXT, key="attn_prompt", derive=derive)
+prompt = prompt_input("Prompt", DEFAULT_TEXT, key="attn_prompt", derive=derive,
+                      view=task_view(spec if model is not None else None))
 if model is not None and valid_text(model, prompt):
     seed("attn_layer", shared_layer(model.cfg.n_layers, model.cfg.n_layers - 1))
     if st.session_state["attn_layer"] >= model.cfg.n_layers:  # a model with fewer layers than the last one

@@ -23,6 +23,7 @@ from apps.common import (
     picked_spec,
     shorten,
     target_ids,
+    task_view,
     valid_text,
     visible,
 )
@@ -269,12 +270,12 @@ def one_token(model, text: str) -> int | None:
 
 def answer_of(spec: str, model, prompt: str) -> tuple[str, str]:
     """The text where the model's answer starts (its reasoning included) and the answer it then writes."""
-    from workbench.tasks.formats import ANSWER_MARK
-
     context = answer_context(spec, model, prompt)
     completion = own_completion(spec, model, prompt)
-    tail = completion.partition(ANSWER_MARK)[2] if context != prompt else completion
-    return context, tail.strip()
+    tail = completion.partition(task_view(spec).answer_mark)[2] if context != prompt else completion
+    tail = tail.strip()
+    digits = tail[: len(tail) - len(tail.lstrip("0123456789"))]
+    return context, digits if digits and tail[len(digits):] in ("", ".") else tail  # "56." is the answer 56
 
 
 def build_labels(spec: str, tc_dir: str, n: int) -> str:
@@ -299,7 +300,7 @@ spec = picked_spec("circuit_model")
 if model is not None:
     tc_dir = st.text_input("Transcoder directory (layer_0 ... layer_L, one per layer)",
                            beside_model(spec, "transcoders"), key=f"circuit_tc_dir:{spec}")  # one per model
-    prompt = prompt_input("Prompt", DEFAULT_PROMPT, key="circuit_prompt")
+    prompt = prompt_input("Prompt", DEFAULT_PROMPT, key="circuit_prompt", view=task_view(spec))
     kind = st.radio("Explain", TARGETS, horizontal=True, key="circuit_target")
     c1, c2 = st.columns(2)
     node_threshold = c1.slider("Node threshold (share of influence kept)", 0.5, 0.99, 0.8, 0.01)

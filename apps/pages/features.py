@@ -23,6 +23,7 @@ from apps.common import (
     picked_spec,
     seed,
     shorten,
+    task_view,
     valid_text,
 )
 from workbench.figures import heatmap_figure
@@ -190,7 +191,7 @@ if model is not None:
                         st.dataframe(pd.DataFrame(f["top_labels"]), hide_index=True, width="stretch")
 
             st.subheader("Active on this prompt")
-            prompt = prompt_input("Prompt", "36+59=", key="feat_prompt")
+            prompt = prompt_input("Prompt", "36+59=", key="feat_prompt", view=task_view(spec))
             if valid_text(model, prompt):
                 got = guarded(active, spec, sae_dir, stamp, prompt)
                 if got is not None:

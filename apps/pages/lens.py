@@ -15,18 +15,17 @@ from apps.common import (
     seed,
     shorten,
     target_ids,
+    task_view,
     valid_text,
 )
 from workbench.figures import heatmap_figure
 from workbench.lens import logit_lens
-from workbench.tasks.formats import ANSWER_MARK
-from workbench.tasks.parse import parse_prompt
 
 
-def first_answer_digit(text: str) -> str:
-    """The true sum's first digit when ``text`` ends where the answer starts, else '' (the top-1 token)."""
-    parsed = parse_prompt(text)
-    return str(parsed.problem.total)[0] if parsed.problem is not None and text.endswith(ANSWER_MARK) else ""
+def first_answer_digit(view, text: str) -> str:
+    """The true answer's first digit when ``text`` ends where the answer starts, else '' (the top-1 token)."""
+    truth = view.truth(text)
+    return str(truth)[0] if truth is not None and text.endswith(view.answer_mark) else ""
 
 
 def finding(readout, labels: list[str], target: str) -> str:
@@ -49,9 +48,10 @@ st.title("Lens")
 model = pick_model(key="lens_model")
 spec = picked_spec("lens_model")
 derive = (lambda p: answer_context(spec, model, p)) if model is not None else None
-prompt = prompt_input("Prompt", DEFAULT_TEXT, key="lens_prompt", derive=derive)
-seed("lens_target", first_answer_digit(prompt) or "9")
-target = st.text_input("Target token (one character for the organisms; empty: the top-1 token)", key="lens_target")
+view = task_view(spec if model is not None else None)
+prompt = prompt_input("Prompt", DEFAULT_TEXT, key="lens_prompt", derive=derive, view=view)
+seed("lens_target", first_answer_digit(view, prompt) or "9")
+target = st.text_input("Target token (one token, e.g. one digit; empty: the top-1 token)", key="lens_target")
 tuned_dir = st.text_input("Tuned lens directory (empty: logit lens)", "")
 if model is not None and valid_text(model, prompt):
     ids = target_ids(model, target)

@@ -17,6 +17,7 @@ from apps.common import (
     picked_spec,
     prompt_input,
     seed,
+    task_view,
 )
 from workbench.figures import heatmap_figure
 from workbench.patching import attribution_patching, correlation, prediction_logit_diff, resid_sweep
@@ -27,11 +28,29 @@ DEFAULT_CLEAN = "478+256= 8+6+0=14 7+5+1=13 4+2+1=07 ans 73"
 DEFAULT_CORRUPT = "478+256= 8+6+0=15 7+5+1=13 4+2+1=07 ans 73"
 
 
+def story_pair(context: str, completion: str, prompt: str, keep: str) -> tuple[str, str]:
+    """A word problem's pair: the last step's stated count (the one the answer repeats) made wrong within its
+    decade, so the answer's leading digits stay and a model that reads its reasoning changes its last digit."""
+    from probes.faithfulness.word_adapter import WordProblemAdapter
+
+    adapter = WordProblemAdapter()
+    clean = context + keep
+    steps, _ = adapter.split(completion)
+    if context == prompt or not steps:
+        return clean, clean
+    wrong = adapter.corrupt_step(steps[-1], np.random.default_rng(0))
+    return clean, prompt + "".join(steps[:-1]) + wrong + adapter.answer_mark + keep
+
+
 def pair_for(spec: str, model, prompt: str) -> tuple[str, str]:
     """(clean, corrupted) for a problem: its text up to the answer's last digit; corrupted: the ones step's written
-    result one higher (a CoT), or the first operand's ones digit one higher (a direct answer)."""
+    result one higher (a CoT), or the first operand's ones digit one higher (a direct answer); for a word problem,
+    the last stated count changed (:func:`story_pair`)."""
     context = answer_context(spec, model, prompt)
     completion = own_completion(spec, model, prompt)
+    if task_view(spec).name == "wordproblems":
+        answer = completion.partition(task_view(spec).answer_mark)[2].rstrip(".").strip()
+        return story_pair(context, completion, prompt, answer[:-1]) if answer.isdigit() else (prompt, prompt)
     tail = completion.partition(formats.ANSWER_MARK)[2] if context != prompt else completion
     answer = tail.strip()
     if not answer.isdigit() or len(answer) < 1:
@@ -51,7 +70,16 @@ def pair_for(spec: str, model, prompt: str) -> tuple[str, str]:
 
 
 def where_they_differ(clean: str, corrupt: str) -> str:
-    """Which part of the text the corruption changed: the operands, the CoT, the answer, or several."""
+    """Which part of the text the corruption changed: the operands (the story), the CoT, the answer, or
+    several."""
+    from workbench.tasks import wordproblems as wp
+
+    if wp.ANSWER_MARK in clean or "?" in clean:  # a word problem: its story ends at the question mark
+        q = clean.find("?") + 1
+        mark = clean.find(wp.ANSWER_MARK)
+        parts = {"the story" if i < q else "the CoT" if mark < 0 or i < mark else "the answer"
+                 for i, (x, y) in enumerate(zip(clean, corrupt)) if x != y}
+        return " and ".join(sorted(parts)) or "nothing"
     parsed = parse_prompt(clean)
     if parsed.problem is None:
         return "text"
@@ -76,16 +104,26 @@ st.title("Patching")
 model = pick_model(key="patch_model")
 spec = picked_spec("patch_model")
 pair = (lambda p: pair_for(spec, model, p)) if model is not None else None
+view = task_view(spec if model is not None else None)
+if model is not None and st.session_state.get("patch_task", view.name) != view.name:
+    for k in ("patch_clean", "patch_corrupt"):  # the model's task changed: the other task's pair means nothing here
+        st.session_state.pop(k, None)
+st.session_state["patch_task"] = view.name
 if model is not None and "patch_corrupt" not in st.session_state and "patch_clean" not in st.session_state:
     from apps.common import shared
 
-    if shared("prompt"):
-        clean0, corrupt0 = pair(shared("prompt"))
+    start = shared("prompt") if shared("prompt") and view.head(shared("prompt")) else None
+    start = start or (view.default_prompt if view.name != "addition" else None)
+    if start:
+        clean0, corrupt0 = pair(start)
         seed("patch_clean", clean0)
         seed("patch_corrupt", corrupt0)
-seed("patch_corrupt", DEFAULT_CORRUPT)
-clean = prompt_input("Clean prompt", DEFAULT_CLEAN, key="patch_clean")
-corrupt = st.text_input("Corrupted prompt (same token length)", key="patch_corrupt")
+seed("patch_corrupt", DEFAULT_CORRUPT if view.name == "addition" else "")
+clean = prompt_input("Clean prompt", DEFAULT_CLEAN, key="patch_clean", view=view)
+if view.name == "addition":
+    corrupt = st.text_input("Corrupted prompt (same token length)", key="patch_corrupt")
+else:
+    corrupt = st.text_area("Corrupted prompt (same token length)", key="patch_corrupt", height=90)
 if model is not None:
     from workbench.models.tokenizer import tokenize_prompts
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from apps.common import guarded, model_stamp, pick_model, picked_spec, seed, shared
+from apps.common import guarded, model_stamp, pick_model, picked_spec, seed, shared, task_view
 from probes.faithfulness.per_prompt import describe
 from probes.causal import causal_check
 from probes.study import TEXTS, probe_texts
@@ -105,6 +105,11 @@ def check_sentence(check: dict, var: str) -> str:
 
 st.title("Probes")
 model = pick_model(key="probe_model", default="adder-cot-posthoc")
+if model is not None and task_view(picked_spec("probe_model")).name != "addition":
+    from apps import task_probes
+
+    task_probes.show(model, picked_spec("probe_model"), task_view(picked_spec("probe_model")).name)
+    st.stop()
 head = parse_prompt(shared("prompt") or "")
 same_width = head.problem is not None and len(str(head.problem.a)) == len(str(head.problem.b))
 seed("probe_digits", len(str(head.problem.a)) if same_width else 3)  # the shared prompt's operand width

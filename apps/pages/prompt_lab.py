@@ -16,11 +16,10 @@ from apps.common import (
     pick_model,
     picked_spec,
     prompt_input,
+    task_view,
     visible,
 )
-from workbench.diff_view import read_answer
 from workbench.models.tokenizer import tokenize_prompts
-from workbench.tasks.parse import parse_prompt
 
 
 
@@ -34,28 +33,34 @@ def token_strip(tokens: list[str], n_prompt: int) -> str:
     return "".join(spans)
 
 
-def answer_line(prompt: str, completion: str) -> str:
-    """The parsed answer with a right/wrong mark against the true sum (and what it is: the hint, another number)."""
-    got = read_answer(prompt, completion)
-    problem = parse_prompt(prompt).problem
+def answer_line(view, prompt: str, completion: str) -> str:
+    """The parsed answer with a right/wrong mark against the true answer (and what it is: the hint, another
+    number), read the way the model's task family writes it."""
+    got = view.read(prompt, completion)
     if got.answer is None:
         return f"**Answer: none** -- {got.reads}"
-    if problem is None:
+    if got.truth is None:
         return f"**Answer: {got.answer}** ({got.reads})"
-    if got.answer == problem.total:
+    if got.answer == got.truth:
         return f"**Answer: {got.answer}** :green[✓ right] ({got.reads})"
-    return f"**Answer: {got.answer}** :red[✗ wrong]: {got.reads}; the true sum is {problem.total}"
+    return f"**Answer: {got.answer}** :red[✗ wrong]: {got.reads}; the true answer is {got.truth}"
 
 
 st.title("Prompt lab")
-prompt = prompt_input("Prompt", DEFAULT_PROMPT, key="lab_prompt")
+prompt_box = st.container()  # filled once the first model is picked: the prompt is read in its task's terms
 compare = st.checkbox("Compare with a second model")
 cols = st.columns(2 if compare else 1)
+models = []
 for k, col in enumerate(cols):
     with col:
+        models.append(pick_model(key=f"lab_model_{k}", default="adder-cot-faithful" if k == 0 else "adder-cot-posthoc",
+                                 shared_model=k == 0))
+view = task_view(picked_spec("lab_model_0") if models[0] is not None else None)
+with prompt_box:
+    prompt = prompt_input("Prompt", DEFAULT_PROMPT, key="lab_prompt", view=view)
+for k, (col, model) in enumerate(zip(cols, models)):
+    with col:
         key = f"lab_model_{k}"
-        model = pick_model(key=key, default="adder-cot-faithful" if k == 0 else "adder-cot-posthoc",
-                           shared_model=k == 0)
         if model is None:
             continue
         toks = guarded(tokenize_prompts, model, [prompt], 1)  # room for at least one new token
@@ -64,7 +69,7 @@ for k, col in enumerate(cols):
         spec = picked_spec(key)
         n_new = budget(model, prompt)
         completion = completion_of(spec, model_stamp(spec), prompt, n_new)
-        st.markdown(answer_line(prompt, completion))
+        st.markdown(answer_line(view, prompt, completion))
         st.code(prompt + completion, language=None)
         full = model.to_tokens(prompt + completion)
         n_prompt = len(toks[0])

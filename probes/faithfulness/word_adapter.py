@@ -95,6 +95,10 @@ class WordProblemAdapter:
         return {"hint": [(0, start)] if start else [], "operands": [(start, q)],
                 "cot": [(q, mark)] if mark > q else []}
 
+    def true_cot(self, problem: wp.WordProblem) -> str:
+        """The reasoning a faithful solver writes: every step's true running count (no answer)."""
+        return "".join(wp.true_steps(problem))
+
     def problem_of(self, text: str) -> wp.WordProblem | None:
         """The problem a prompt states (after any hint line), or None when it is not one of this task's."""
         return wp.parse_story(text)[0]
