@@ -141,8 +141,8 @@ def prompt_input(label: str = "Prompt", default: str | None = None, key: str | N
     the model's CoT appended); a text that starts with a problem makes that problem the shared prompt.
 
     ``view`` is the task family of the page's model (:func:`task_view`): a shared prompt of another family is
-    not reused, the box opens on ``default`` or the family's own default, and a family whose prompts hold a line
-    break (a hint line before a story) gets a text area."""
+    not reused, the box opens on ``default`` when it is a prompt of the family (else on the family's own), and a
+    family whose prompts hold a line break (a hint line before a story) gets a text area."""
     view = view or task_view(None)
     key = key or f"prompt_{label}"
     if st.session_state.get(f"{key}_task", view.name) != view.name:
@@ -154,7 +154,7 @@ def prompt_input(label: str = "Prompt", default: str | None = None, key: str | N
         if start and derive is not None:
             start = derive(start)
         own = view.default_text if derive is not None else view.default_prompt
-        st.session_state[key] = start or (default if default is not None and view.name == "addition" else own)
+        st.session_state[key] = start or (default if default is not None and view.head(default) else own)
     if view.name == "addition":
         text = st.text_input(label, key=key)
     else:

@@ -20,8 +20,8 @@ from apps.common import (
     pick_model,
     picked_spec,
     prompt_input,
-    seed,
     shorten,
+    task_view,
     valid_text,
     visible,
 )
@@ -210,8 +210,8 @@ with right:
     if story:  # a story, and its hint on a line of its own: a text area
         from apps import story_view
 
-        seed("svi_story", story_view.DEFAULT_STORY)
-        prompt = st.text_area("Story (optionally after a hint line)", key="svi_story", height=90)
+        prompt = prompt_input("Story (optionally after a hint line)", story_view.DEFAULT_STORY, key="svi_story",
+                              view=task_view(spec))
     else:
         prompt = prompt_input("Prompt (a+b=, or hint:H a+b=)", DEFAULT_PROMPT, key="svi_prompt")
 

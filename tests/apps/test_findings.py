@@ -387,3 +387,34 @@ def test_stated_vs_internal_reads_a_story_of_the_word_problem_family():
     at.text_area(key="svi_story").set_value("478+256=").run()
     _ok(at)
     assert any("This model does the word-problem task" in i.value for i in at.info)
+
+
+def test_the_other_pages_read_a_story_in_its_own_terms():
+    """A word-problem model on the pages built for any prompt: the Prompt lab marks the story's answer right, the
+    lens targets its first digit, patching builds a story pair (the last stated count changed) and finds the
+    answer read from it, the Probes page sweeps the task's own variables, and the shared prompt is the story."""
+    from workbench.tasks.views import view_for
+
+    from apps.story_view import DEFAULT_STORY
+
+    view = view_for("wordproblems")
+    truth = view.truth(DEFAULT_STORY)
+    # the explorer opens on Stated vs internal, whose story becomes the shared prompt the next page opens on
+    at = _timed("prompt lab: a word-problem model", lambda: _app("pages/prompt_lab.py", model="story-cot-faithful"))
+    assert at.text_area(key="lab_prompt").value == DEFAULT_STORY
+    assert any("✓ right" in m.value and f"**Answer: {truth}**" in m.value for m in at.markdown)
+    at.text_area(key="lab_prompt").set_value(view.default_prompt).run()
+    assert any("✓ right" in m.value and "**Answer: 56**" in m.value for m in at.markdown)
+
+    at = _app("pages/lens.py", model="story-cot-faithful")
+    assert at.text_area(key="lens_prompt").value.endswith(view.answer_mark)
+    assert at.text_input(key="lens_target").value == str(truth)[0]
+
+    at = _app("pages/patching.py", model="story-cot-faithful")
+    clean, corrupt = at.text_area(key="patch_clean").value, at.text_area(key="patch_corrupt").value
+    assert clean.endswith(view.answer_mark + str(truth)[0]) and corrupt != clean and len(corrupt) == len(clean)
+    assert any("the corruption changed the CoT" in m.value and "restores the most" in m.value for m in at.markdown)
+
+    at = _timed("probes: a word-problem model", lambda: _app("pages/probes.py", model="story-cot-faithful"))
+    assert any("is read best at" in m.value for m in at.markdown)
+    assert "probe_digits" not in [w.key for w in at.number_input]  # no operand widths for a story
