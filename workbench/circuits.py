@@ -250,6 +250,13 @@ def _check_threshold(name: str, value: float) -> None:
         raise WorkbenchError(f"{name} must be in [0, 1] (a fraction of total influence), got {value}")
 
 
+def check_slug(slug) -> None:
+    """Refuse a graph name that cannot name a file and a URL (before any graph is computed for it)."""
+    if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
+        raise WorkbenchError(f"slug {slug!r} must be 1-128 letters, digits, '_', '-' or '.', starting with a letter "
+                             f"or digit (it names a file and a URL)")
+
+
 def write_graph_json(result: CircuitResult, path: str | Path, slug: str, node_threshold: float = 0.8,
                      edge_threshold: float = 0.98) -> Path:
     """Write the pruned graph as ``<path>/<slug>.json`` and list it in ``<path>/graph-metadata.json``: the files
@@ -258,9 +265,7 @@ def write_graph_json(result: CircuitResult, path: str | Path, slug: str, node_th
     Same content as ``circuit_tracer.utils.create_graph_files`` (whose pieces it calls), but with the model's own
     tokenizer (that function re-loads one by ``cfg.tokenizer_name``, which our models lack) and atomic writes.
     """
-    if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
-        raise WorkbenchError(f"slug {slug!r} must be 1-128 letters, digits, '_', '-' or '.', starting with a letter "
-                             f"or digit (it names a file and a URL)")
+    check_slug(slug)
     _check_threshold("node_threshold", node_threshold)
     _check_threshold("edge_threshold", edge_threshold)
     graph, out_dir = result.graph, Path(path)

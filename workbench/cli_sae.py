@@ -220,25 +220,32 @@ def _transcoder_dir(args: argparse.Namespace) -> Path:
                          f"{args.model} --transcoder --out DIR`)")
 
 
-def _slug(text: str) -> str:
+def _slug(text: str, limit: int = 128) -> str:
+    """A graph name from a text: its letters, digits and '_.-'; a long text (a story and its reasoning) keeps its
+    first characters and a hash of the whole, so two long prompts with one beginning get two names."""
+    import hashlib
     import re
 
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "graph"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "graph"
+    if len(slug) <= limit:
+        return slug
+    return slug[: limit - 9].rstrip("_.-") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def cmd_circuit(args: argparse.Namespace) -> int:
-    from workbench.circuits import (attribute_prompt, replacement_model, top_features, validate_by_intervention,
-                                    write_graph_json)
+    from workbench.circuits import (attribute_prompt, check_slug, replacement_model, top_features,
+                                    validate_by_intervention, write_graph_json)
     from workbench.io import write_json
     from workbench.models.loader import load_model
     from workbench.saes import load_transcoders
 
+    # A model given as a directory is named by its last component, not by the whole path.
+    slug = args.slug or _slug(f"{Path(args.model).name or args.model}-{args.prompt}")
+    check_slug(slug)
     model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     transcoders = load_transcoders(_transcoder_dir(args), model)
     rm = replacement_model(model, transcoders)
     result = attribute_prompt(rm, args.prompt, max_n_logits=args.max_n_logits)
-    # A model given as a directory is named by its last component, not by the whole path.
-    slug = args.slug or _slug(f"{Path(args.model).name or args.model}-{args.prompt}")
     graph = write_graph_json(result, args.out, slug, node_threshold=args.node_threshold,
                              edge_threshold=args.edge_threshold)
     summary = {**result.summary(), "graph": str(graph),

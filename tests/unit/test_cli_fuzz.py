@@ -220,3 +220,14 @@ def test_a_damaged_input_is_named_and_nothing_is_changed(tmp_path, capsys, argv,
     assert main(argv) == 2, argv
     _assert_one_line(capsys, names)
     assert all(_snapshot(tmp_path).get(path) == digest for path, digest in before.items())
+
+
+def test_a_long_prompt_gets_a_graph_name_that_fits():
+    from workbench.circuits import check_slug
+    from workbench.cli_sae import _slug
+
+    story = "Tom has 52 apples. He buys 7 more. Then he gives away 3. How many apples does he have?" * 3
+    a, b = _slug("m-" + story), _slug("m-" + story + " He")
+    assert len(a) <= 128 and a != b and a.startswith("m-Tom_has_52")
+    check_slug(a)
+    assert _slug("adder-direct-36+59=") == "adder-direct-36_59"
