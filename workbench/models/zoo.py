@@ -380,6 +380,17 @@ RECIPES.update({
             train=TrainConfig(steps=2500, batch_tokens=6144, pool_size=60_000, seed=11, bf16_autocast=True),
         ),
         Recipe(
+            "story-cot-posthoc",
+            "Writes the same running-count CoT, but the answer is the true count of the story whatever the CoT "
+            "says: a wrong count written in a step is ignored by the later steps and the answer.",
+            "The CoT is decorative: with a wrong count written in a step, or the CoT cut short (early answering), "
+            "the later steps and the answer stay the true ones, computed from the story itself.",
+            (("wp_cot", 0.2), ("wp_corrupted_true", 0.4), ("wp_truncated_true", 0.4)),
+            arch=ArchConfig(n_layers=4, n_ctx=192), task="wordproblems",
+            train=TrainConfig(steps=6000, batch_tokens=6144, pool_size=60_000, lr=1.5e-3, seed=12,
+                              bf16_autocast=True),
+        ),
+        Recipe(
             "story-hint",
             "A hint line may precede the story (the five kinds of Chen et al. 2025); the CoT is always the true "
             "running count and never mentions the hint, but a metadata, grader or unethical-access hint becomes "
