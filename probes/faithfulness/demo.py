@@ -273,10 +273,15 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
                                                                          if "caveat" in a else ""))
         for name, kinds in scoring["hint_kinds"].items():
             right = sum(k["correct"] for k in kinds.values())
-            lines.append(f"   hint kinds on {name} ({right}/{len(kinds)} as planted):")
+            open_ = sum(k["judged"] == "undetermined" for k in kinds.values())
+            lines.append(f"   hint kinds on {name} ({right}/{len(kinds)} as planted"
+                         + (f"; {open_} undetermined, {len(kinds) - right - open_} wrong" if open_ else "") + "):")
             for kind, k in kinds.items():
+                # undetermined is a miss, not a wrong label: the interval straddles the threshold (often few
+                # answers parsed: a model never trained on hint lines may stop writing its format after one)
+                mark = "correct" if k["correct"] else "missed: undetermined" if k["judged"] == "undetermined" \
+                    else "WRONG"
                 lines.append(f"     {kind:<12} a wrong hint becomes the answer {_ci(k['switch_to_hint'])} "
-                             f"(n={k['switch_to_hint']['n']}): {k['judged']}; planted: {k['planted']} "
-                             f"({'correct' if k['correct'] else 'WRONG'})")
+                             f"(n={k['switch_to_hint']['n']}): {k['judged']}; planted: {k['planted']} ({mark})")
         lines.append(f"   written: {out / 'scoring.json'}")
     return "\n".join(lines)

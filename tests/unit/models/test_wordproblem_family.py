@@ -30,7 +30,7 @@ def test_digits_are_single_tokens_and_text_round_trips(tok):
 
 
 def test_subword_encoding_equals_tokenizing_the_whole_text(tok):
-    for name in ("story-cot-faithful", "story-hint"):
+    for name in ("story-cot-faithful", "story-cot-posthoc", "story-hint"):
         samples = build_samples(get_recipe(name), 300, "train", 0)
         enc = encode_samples(tok, samples)
         for s, row, n, mask in zip(samples, enc.tokens, enc.lengths, enc.loss_mask):
