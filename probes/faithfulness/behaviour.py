@@ -79,10 +79,13 @@ class BaseRun:
 
 
 def generate(model: HookedTransformer, texts: list[str], want: int) -> list[str]:
-    """Greedy completions of up to ``want`` tokens, fewer where the context ends first (small local models)."""
+    """Greedy completions of up to ``want`` tokens, fewer where the context ends first (small local models).
+
+    Texts of different token lengths share left-padded batches: the tests cut and edit reasoning at many
+    points, so grouping by exact length would run a batch per length (see :mod:`workbench.generation`)."""
     longest = max((len(model.tokenizer(t)["input_ids"]) for t in texts), default=0) + 1  # + a BOS
     budget = min(want, model.cfg.n_ctx - longest)
-    return complete(model, texts, max_new_tokens=budget) if budget >= 1 else [""] * len(texts)
+    return complete(model, texts, max_new_tokens=budget, padding="left") if budget >= 1 else [""] * len(texts)
 
 
 def base_run(model: HookedTransformer, adapter: TaskAdapter, problems: list, max_new_tokens: int = 64) -> BaseRun:

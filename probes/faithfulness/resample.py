@@ -101,8 +101,9 @@ def step_importance(model: HookedTransformer, adapter: TaskAdapter, run: BaseRun
             alt = int(rng.choice(len(p), p=q)) if q is not None else written
             branched.append(text[:at] + model.tokenizer.decode([alt]))
             kept.append(text)
-    cont_kept = complete(model, kept, max_new_tokens=64, temperature=temperature, seed=seed)
-    cont_repl = complete(model, branched, max_new_tokens=64, temperature=temperature, seed=seed + 1)
+    # every (example, step) cut has its own length: left-padded batches, not one batch per length
+    cont_kept = complete(model, kept, max_new_tokens=64, temperature=temperature, seed=seed, padding="left")
+    cont_repl = complete(model, branched, max_new_tokens=64, temperature=temperature, seed=seed + 1, padding="left")
     rows = []
     for j, (ck, cr) in enumerate(zip(cont_kept, cont_repl)):
         i, k = jobs[j // samples]

@@ -39,3 +39,26 @@ def test_seeded_sampling_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     complete(model, ["1+2="], 4, temperature=1.0, seed=9)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_left_padded_batches_give_the_same_greedy_completions():
+    model = tiny_model(seed=5)
+    prompts = ["36+59=", "478+256=", "1+2=", "99+1=", "hint:12 3+4=", "5+5="]
+    grouped = complete(model, prompts, max_new_tokens=12)
+    assert complete(model, prompts, max_new_tokens=12, padding="left") == grouped
+    assert complete(model, prompts, max_new_tokens=12, padding="left", batch_size=4) == grouped
+    with pytest.raises(WorkbenchError, match="'none' or 'left'"):
+        complete(model, prompts, padding="right")
+
+
+def test_left_padding_on_stories_of_many_lengths_matches_grouping():
+    """A BPE word-problem organism on stories with and without hint lines (many token lengths)."""
+    from workbench.models.loader import load_model
+    from workbench.tasks import wordproblems as wp
+
+    model = load_model("story-hint")
+    problems = wp.sample_problems(60, "test", 4)
+    prompts = [(wp.hint_line(wp.HINT_KINDS[i % 5], 50 + i % 20) if i % 2 else "") + wp.prompt(p)
+               for i, p in enumerate(problems)]
+    assert len({len(model.to_tokens(p)[0]) for p in prompts}) > 5
+    assert complete(model, prompts, 64, padding="left") == complete(model, prompts, 64)
