@@ -128,6 +128,14 @@ def problem_head(text: str, view=None) -> str | None:
     return (view or task_view(None)).head(text)
 
 
+def noise_floor(n_test: int) -> float:
+    """Half-width of the 95% interval of a difference of two held-out accuracies at the worst case p = 1/2: the
+    selectivity (or margin over a baseline) a probe that reads nothing still shows by chance."""
+    import math
+
+    return 1.96 * math.sqrt(2 * 0.25 / max(n_test, 1))
+
+
 def seed(key: str, value) -> None:
     """Give a widget its first value through session state (no default argument then, so no Streamlit warning);
     a widget already on the page keeps what the user set."""

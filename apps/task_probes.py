@@ -4,12 +4,10 @@ each declared variable's digits at one read position, through the task adapter a
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import streamlit as st
 
-from apps.common import guarded, load, model_stamp
+from apps.common import guarded, load, model_stamp, noise_floor
 
 READ_NAMES = {"prompt": "the prompt's last token (before anything is stated)",
               "cot": "the true reasoning's last token, where the answer is about to be written"}
@@ -24,15 +22,9 @@ def sweep(spec: str, stamp: int, task: str, read: str, n: int, seed: int = 3) ->
     return layer_sweep(load(spec), adapter, adapter.problems(n, seed), read)
 
 
-def floor_of(n_test: int) -> float:
-    """Half-width of the 95% interval of a difference of two held-out accuracies at p = 1/2 (the margin over
-    the better baseline a probe that reads nothing still shows by chance)."""
-    return 1.96 * math.sqrt(2 * 0.25 / max(n_test, 1))
-
-
 def sentence(row: dict) -> str:
     base = max(row["shuffled"], row["majority"])
-    floor = floor_of(row["n_test"])
+    floor = noise_floor(row["n_test"])
     head = (f"{row['variable']} is read best at {row['layer']}: held-out accuracy {row['accuracy']:.2f}, against "
             f"{row['shuffled']:.2f} for the same probe on shuffled labels and {row['majority']:.2f} for guessing the "
             f"commonest digit (n = {row['n_test']} held out; noise floor {floor:.2f}). ")

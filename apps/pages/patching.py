@@ -48,8 +48,9 @@ def pair_for(spec: str, model, prompt: str) -> tuple[str, str]:
     the last stated count changed (:func:`story_pair`)."""
     context = answer_context(spec, model, prompt)
     completion = own_completion(spec, model, prompt)
-    if task_view(spec).name == "wordproblems":
-        answer = completion.partition(task_view(spec).answer_mark)[2].rstrip(".").strip()
+    view = task_view(spec)
+    if view.name == "wordproblems":
+        answer = completion.partition(view.answer_mark)[2].rstrip(".").strip()
         return story_pair(context, completion, prompt, answer[:-1]) if answer.isdigit() else (prompt, prompt)
     tail = completion.partition(formats.ANSWER_MARK)[2] if context != prompt else completion
     answer = tail.strip()
@@ -69,14 +70,12 @@ def pair_for(spec: str, model, prompt: str) -> tuple[str, str]:
     return clean, clean.replace(f"{a}+", f"{a2}+", 1)
 
 
-def where_they_differ(clean: str, corrupt: str) -> str:
+def where_they_differ(view, clean: str, corrupt: str) -> str:
     """Which part of the text the corruption changed: the operands (the story), the CoT, the answer, or
     several."""
-    from workbench.tasks import wordproblems as wp
-
-    if wp.ANSWER_MARK in clean or "?" in clean:  # a word problem: its story ends at the question mark
+    if view.name == "wordproblems":  # its story ends at the question mark
         q = clean.find("?") + 1
-        mark = clean.find(wp.ANSWER_MARK)
+        mark = clean.find(view.answer_mark)
         parts = {"the story" if i < q else "the CoT" if mark < 0 or i < mark else "the answer"
                  for i, (x, y) in enumerate(zip(clean, corrupt)) if x != y}
         return " and ".join(sorted(parts)) or "nothing"
@@ -138,7 +137,7 @@ if model is not None:
             st.info("The clean and corrupted prompts are the same text, so there is nothing to patch: change one step "
                     "of the CoT or one operand digit in the corrupted prompt.")
         elif good == bad:
-            changed = where_they_differ(clean, corrupt)
+            changed = where_they_differ(view, clean, corrupt)
             token = model.to_string(good)
             if changed == "the CoT":
                 st.info(f"**The CoT is ignored: patching it restores nothing.** The corrupted CoT changes nothing: "
@@ -164,7 +163,7 @@ if model is not None:
                 sources = [f"{p}:{tokens[p]!r} ({first[p]:.0%})" for p in np.argsort(-first)[:3] if first[p] > 0.1]
                 st.markdown(f"The clean run predicts {model.to_string(good)!r}, the corrupted {model.to_string(bad)!r} "
                             f"(metric: their logit difference, clean {hi:.2f}, corrupted {lo:.2f}); the corruption "
-                            f"changed {where_they_differ(clean, corrupt)}. Patched in at layer 0 (the token itself), "
+                            f"changed {where_they_differ(view, clean, corrupt)}. Patched in at layer 0 (the token itself), "
                             + (f"the clean stream at {', '.join(sources)} restores the most"
                                if sources else "no single position restores more than 10%")
                             + f". Attribution patching agrees with activation patching at "

@@ -1,13 +1,12 @@
 """Probes: where each task variable is linearly decodable (with a control task), and the causal check."""
 
-import math
 import threading
 import time
 
 import numpy as np
 import streamlit as st
 
-from apps.common import guarded, model_stamp, pick_model, picked_spec, seed, shared, task_view
+from apps.common import guarded, model_stamp, noise_floor, pick_model, picked_spec, seed, shared, task_view
 from probes.faithfulness.per_prompt import describe
 from probes.causal import causal_check
 from probes.study import TEXTS, probe_texts
@@ -41,12 +40,6 @@ def sweep(spec: str, stamp: int, text: str, digits: int, n: int):
 def checks() -> dict:
     """Finished causal checks, by their inputs (filled from a worker thread, so not an st.cache_data function)."""
     return {}
-
-
-def noise_floor(n_test: int) -> float:
-    """Half-width of the 95% interval of a difference of two held-out accuracies at the worst case p = 1/2: the
-    selectivity a probe that reads nothing still shows by chance."""
-    return 1.96 * math.sqrt(2 * 0.25 / max(n_test, 1))
 
 
 def selectivity_colours(floor: float) -> list:
@@ -105,10 +98,11 @@ def check_sentence(check: dict, var: str) -> str:
 
 st.title("Probes")
 model = pick_model(key="probe_model", default="adder-cot-posthoc")
-if model is not None and task_view(picked_spec("probe_model")).name != "addition":
+task = task_view(picked_spec("probe_model")).name if model is not None else "addition"
+if task != "addition":
     from apps import task_probes
 
-    task_probes.show(model, picked_spec("probe_model"), task_view(picked_spec("probe_model")).name)
+    task_probes.show(model, picked_spec("probe_model"), task)
     st.stop()
 head = parse_prompt(shared("prompt") or "")
 same_width = head.problem is not None and len(str(head.problem.a)) == len(str(head.problem.b))
