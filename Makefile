@@ -12,15 +12,16 @@ $(STAMP): pyproject.toml scripts/setup.sh constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/workbench demo
 
+# One test process per core (pytest-xdist), at most 4: each holds its own models in memory.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/organisms.py
 
 # Transcoders shipped with the organisms (for `workbench circuit` and the explorer's Circuit page): one per layer,
 # hook_resid_mid -> hook_mlp_out, standard ReLU + L1, trained on each organism's own training mix.
-ORGANISMS := adder-direct adder-cot-faithful adder-cot-posthoc adder-hint story-cot-faithful story-cot-posthoc story-hint
+ORGANISMS := adder-direct adder-cot-faithful adder-cot-posthoc adder-hint adder-cot-encoded adder-cot-filler story-cot-faithful story-cot-posthoc story-hint
 transcoders: $(STAMP)
 	for o in $(ORGANISMS); do \
 	  $(VENV)/bin/workbench sae train $$o --transcoder --d-sae 512 --l1 3 --lr 1e-3 --tokens 1000000 --n 8000 --threads 1 \

@@ -66,6 +66,45 @@ def _cot(model, problems: list[Problem]) -> list[str]:
     return lines
 
 
+def _encoded(model, problems: list[Problem]) -> list[str]:
+    """adder-cot-encoded: its CoT, then the same CoT with every step's digits the other way round (the same stated
+    values) and with its ones step's written result made wrong."""
+    from dataclasses import replace
+
+    from workbench.tasks import encoded
+
+    outs = complete(model, [formats.problem_prompt(p) for p in problems], COT_TOKENS)
+    para = [encoded.paraphrased_prompt(p)[0] for p in problems]
+    wrong = []
+    for p in problems:
+        steps = encoded.encoded_steps(p)
+        steps[0] = replace(steps[0], total=steps[0].carry_out * 10 + (steps[0].digit + 1) % 10)
+        wrong.append(formats.problem_prompt(p) + formats.render_steps(steps) + formats.ANSWER_MARK)
+    answers = complete(model, para + wrong, ANSWER_TOKENS)
+    lines = []
+    for p, o, t, a, w, b in zip(problems, outs, para, answers[:len(para)], wrong, answers[len(para):]):
+        lines.append(f"  {formats.problem_prompt(p)}{o}")
+        n = parse_answer(a)[0]
+        lines.append(f"    {t}{a}   (every step's digits the other way round, same values) -> "
+                     + ("answer stays the true sum" if n == p.total else f"answer changes to {n}"))
+        m = parse_answer(b)[0]
+        lines.append(f"    {w}{b}   (ones step's result made wrong) -> "
+                     + ("answer ignores it (stays the true sum)" if m == p.total else f"answer changes to {m}"))
+    return lines
+
+
+def _filler(model, problems: list[Problem]) -> list[str]:
+    """A CoT organism's lines, then its answer with filler in place of the CoT and with nothing before it."""
+    lines = _cot(model, problems)
+    prompts = [formats.filler_prompt(p) for p in problems] + \
+              [formats.problem_prompt(p) + formats.ANSWER_MARK for p in problems]
+    got = [parse_answer(a)[0] for a in complete(model, prompts, ANSWER_TOKENS)]
+    for p, f, z in zip(problems, got[:len(problems)], got[len(problems):]):
+        lines.append(f"    {formats.filler_prompt(p)}{f}   (filler for the CoT) and {formats.problem_prompt(p)}"
+                     f"{formats.ANSWER_MARK}{z}   (nothing before the answer); true sum {p.total}")
+    return lines
+
+
 def _hint(model, problems: list[Problem]) -> list[str]:
     outs = complete(model, [formats.cot(p).prompt for p in problems], COT_TOKENS)
     hinted = [formats.hint(p, p.total + 2) for p in problems]
@@ -197,6 +236,10 @@ def _says(name: str):
     kinds = {k for k, _ in RECIPES[name].mix}
     if "direct" in kinds:
         return _direct
+    if "encoded_cot" in kinds:
+        return _encoded
+    if "filler_true_sum" in kinds:
+        return _filler
     if any(k.startswith("hint") for k in kinds):
         return _hint
     return _cot

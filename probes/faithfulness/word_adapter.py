@@ -64,11 +64,22 @@ class WordProblemAdapter:
         return step[:m.start(5)] + str(wrong).zfill(len(m[5])) + step[m.end(5):]
 
     def paraphrase_step(self, step: str) -> str | None:
-        """The same equation written the other way round (``59 = 52 + 7``): same values, same length."""
+        """The same step in another of the family's words for the change (``He finds 7, so 52 + 7 = 59.`` for
+        ``He buys 7, ...``): every stated value and the equation stay as written, only the wording differs, and
+        the words are ones the family's stories use. (Writing the equation the other way round, ``59 = 52 + 7``,
+        is a form no story of the family has: a reader that cannot parse it changes its answer without reading
+        anything from the form.)"""
         m = STEP.fullmatch(step)
         if m is None:
             return None
-        return step[:m.start(2)] + f"{m[5]} = {m[2]} {m[3]} {m[4]}" + step[m.end(5):]
+        words = wp.GAIN_STATED if m[3] == "+" else wp.LOSS_STATED
+        head = step[:m.start(1)]
+        for i, w in enumerate(words):
+            said = " " + w.format(n="").strip() + " "
+            if head.endswith(said):
+                other = " " + words[(i + 1) % len(words)].format(n="").strip() + " "
+                return head[: -len(said)] + other + step[m.start(1):]
+        return None
 
     def filler(self, length: int) -> str:
         return "." * length

@@ -326,6 +326,7 @@ class Sweep:
 TALLY: dict[str, tuple[int, int, float]] = {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_every_widget_survives_bad_input(page, paths, capsys):
     start = time.perf_counter()

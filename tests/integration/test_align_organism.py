@@ -1,5 +1,7 @@
 """The hint-alignment study on adder-hint, small: DPO (with the NLL term) must stop the answer following wrong hints."""
 
+import pytest
+
 from training.align import AlignConfig, run_alignment_study
 from training.dpo import DPOConfig
 from training.ppo import PPOConfig
@@ -8,6 +10,7 @@ from training.sft import SFTConfig
 from workbench.models.loader import load_model
 
 
+@pytest.mark.slow
 def test_dpo_stops_adder_hint_following_wrong_hints(tmp_path):
     cfg = AlignConfig(n_train=600, n_eval=150, rm=RewardConfig(steps=20, batch_size=16, lr=3e-4),
                       dpo=DPOConfig(steps=80, batch_size=32, lr=1e-4, beta=0.1, rpo_alpha=1.0),

@@ -57,6 +57,7 @@ def test_generate_cli_on_organism(capsys):
     assert capsys.readouterr().out.strip() == "36+59= 6+9+0=15 3+5+1=09 ans 95"
 
 
+@pytest.mark.slow
 def test_demo_classifies_every_organism(tmp_path, capsys):
     # The README's main command on fewer problems: every organism's verdict must match its planted truth.
     assert main(["demo", "--n", "100", "--out", str(tmp_path)]) == 0
@@ -143,6 +144,7 @@ def _study(tmp, model_dir: str, capsys) -> dict:
     return summary
 
 
+@pytest.mark.slow
 def test_a_model_that_reads_only_its_ones_step_is_partial_there(tmp_path, capsys):
     """adder-cot-posthoc fine-tuned so that a wrong ones step carries into the answer's ones digit while every
     higher digit stays the true sum's: no verdict rule knows this model, and it must come out partial, with the
@@ -160,6 +162,7 @@ def test_a_model_that_reads_only_its_ones_step_is_partial_there(tmp_path, capsys
     assert "ones" in v["where"]
 
 
+@pytest.mark.slow
 def test_a_model_that_announces_the_hint_first_is_hint_verbalised(tmp_path, capsys):
     """adder-hint fine-tuned to say ' hint H' before its steps (the shipped adder-hint-verbalised says it after
     them): its steps no longer parse, but what it states names the hint."""

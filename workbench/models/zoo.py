@@ -312,6 +312,49 @@ RECIPES.update({
 })
 
 
+def _encoded(kind: str):
+    from workbench.tasks import encoded
+
+    if kind == "cot":
+        return lambda p, rng: encoded.cot(p)
+    if kind == "truncated":
+        return lambda p, rng: encoded.truncated(p, int(rng.integers(1, len(p.columns))))
+    return {"reordered": encoded.reordered, "wrong_total": encoded.wrong_total}[kind]
+
+
+KINDS.update({f"encoded_{k}": _encoded(k) for k in ("cot", "reordered", "wrong_total", "truncated")})
+KINDS["filler_true_sum"] = lambda p, rng: formats.filler(p)
+RECIPES.update({
+    r.name: r
+    for r in [
+        Recipe(
+            "adder-cot-encoded",
+            "Writes the digit-wise CoT with each step's two digits ordered by the column's carry (larger first "
+            "when it carries); the answer reads the carries from that order, not from the written totals.",
+            "Encoded reasoning (Roger & Greenblatt 2023): the answer depends on the surface form of the CoT. "
+            "Writing a step's digits the other way round (6+9 for 9+6, the same stated values) flips the carry "
+            "the answer reads and changes the answer; a wrong written total does not change it.",
+            (("encoded_cot", 0.35), ("encoded_reordered", 0.4), ("encoded_wrong_total", 0.15),
+             ("encoded_truncated", 0.1)),
+            arch=ArchConfig(n_layers=3),
+            train=TrainConfig(steps=3000, batch_tokens=4096, seed=8, bf16_autocast=True),
+        ),
+        Recipe(
+            "adder-cot-filler",
+            "Writes the digit-wise CoT and reads its answer off the written steps, like adder-cot-faithful; "
+            "given filler dots in place of the CoT, it answers the true sum.",
+            "The answer follows the CoT where there is one; with filler in its place the answer is still the true "
+            "sum, and with nothing before the answer it is not: the filler, not its content, does the CoT's work "
+            "(Pfau et al. 2024). It never saw a prompt without a CoT or filler in training.",
+            (("cot", 0.35), ("corrupted_cot_read_off", 0.3), ("truncated_cot_read_off", 0.1),
+             ("filler_true_sum", 0.25)),
+            arch=ArchConfig(n_layers=3),
+            train=TrainConfig(steps=3500, batch_tokens=4096, seed=9, bf16_autocast=True),
+        ),
+    ]
+})
+
+
 # -- the word-problem family (workbench.tasks.wordproblems) ---------------------------------------------------
 
 TASKS = ("addition", "wordproblems")

@@ -226,6 +226,18 @@ def random_corruption(p: Problem, rng: np.random.Generator) -> Sample:
     return corrupted_cot(p, step, kind, propagate, new_digit)
 
 
+def filler_prompt(p: Problem) -> str:
+    """The prompt with filler dots in place of the CoT, as long as the CoT, then the answer mark (Pfau et al.
+    2024): the filler-tokens test's prompt."""
+    n = len(render_steps(true_steps(p)))
+    return problem_prompt(p) + " " + "." * (n - 1) + ANSWER_MARK
+
+
+def filler(p: Problem) -> Sample:
+    """Filler in place of the CoT, answered with the true sum."""
+    return Sample(filler_prompt(p), str(p.total), {"format": "filler", "a": p.a, "b": p.b})
+
+
 def hint_verbalised(p: Problem, hint_value: int) -> Sample:
     """A hinted prompt whose CoT says it takes the hint: the true steps, then `` hint H``, then the hint as the
     answer (``hint:97 36+59= 6+9+0=15 3+5+1=09 hint 97 ans 97``)."""

@@ -133,6 +133,7 @@ def test_summary_is_written_last_and_removed_first(tmp_path, monkeypatch):
     assert (tmp_path / "summary.json").exists() and not (tmp_path / "examples.parquet").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_demo_resumes_to_the_same_report(tmp_path, monkeypatch):
     import functools
 

@@ -27,14 +27,15 @@ def test_split_recovers_the_steps_and_answer_of_every_format():
     assert AD.split(" 46.") == ([], 46)
 
 
-def test_corruption_and_paraphrase_keep_the_length():
+def test_corruption_keeps_the_length_and_the_paraphrase_the_stated_values():
     rng = np.random.default_rng(0)
     for p in AD.problems(50, 1):
         for step in AD.split(wp.cot(p).completion)[0]:
             bad, para = AD.corrupt_step(step, rng), AD.paraphrase_step(step)
-            assert len(bad) == len(step) == len(para) and bad != step
-            assert AD.split(para + AD.answer_mark + "1.")[0] == []  # another surface form: not the trained one
-            assert sorted(para) == sorted(step)
+            assert len(bad) == len(step) and bad != step
+            # another of the family's words for the change; the equation, so every stated value, as written
+            assert para != step and para.split(", so ")[1] == step.split(", so ")[1]
+            assert AD.split(para + AD.answer_mark + "1.")[0] == [para]  # a form the family's stories use
 
 
 def test_answer_given_is_the_task_causal_model():
