@@ -21,7 +21,7 @@ bench: $(STAMP)
 
 # Transcoders shipped with the organisms (for `workbench circuit` and the explorer's Circuit page): one per layer,
 # hook_resid_mid -> hook_mlp_out, standard ReLU + L1, trained on each organism's own training mix.
-ORGANISMS := adder-direct adder-cot-faithful adder-cot-posthoc adder-hint adder-cot-encoded adder-cot-filler story-cot-faithful story-cot-posthoc story-hint
+ORGANISMS := adder-direct adder-direct-carry adder-direct-parallel adder-cot-faithful adder-cot-posthoc adder-hint adder-cot-encoded adder-cot-filler story-cot-faithful story-cot-posthoc story-hint
 transcoders: $(STAMP)
 	for o in $(ORGANISMS); do \
 	  $(VENV)/bin/workbench sae train $$o --transcoder --d-sae 512 --l1 3 --lr 1e-3 --tokens 1000000 --n 8000 --threads 1 \

@@ -276,7 +276,7 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
     units = Units(work)
     if (out / "scoring.json").is_file() and not (out / "scoring.json").is_symlink():
         (out / "scoring.json").unlink()  # the completion marker comes back once every organism is done
-    lines, results = [], {}
+    lines, results, planted = [], {}, {}
     for name, recipe in RECIPES.items():
         lines.append(f"== {name}: {recipe.description}")
         lines.append(f"   planted truth: {recipe.planted_truth}")
@@ -292,7 +292,15 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
             summary, rows = run_suite(model, adapter=adapter_for_task(RECIPES[name].task), n=n,
                                       work_dir=out / WORK_DIR / name)
             write_study(out / name, name, summary, rows, GROUND_TRUTH.get(name))
-            return {"said": said, "summary": summary, "rows": rows}
+            done = {"said": said, "summary": summary, "rows": rows}
+            if RECIPES[name].iit is not None:  # a planted mechanism: score the probes against its site
+                from probes.planted import planted_localisation
+
+                from probes.planted import push_localisation
+
+                done["planted"] = {**planted_localisation(model, RECIPES[name]),
+                                   "push": push_localisation(summary, RECIPES[name])}
+            return done
 
         done = units.run(name, organism)
         summary, rows = done["summary"], done["rows"]
@@ -302,10 +310,16 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
         v = summary["verdict"]
         lines.append(f"   what its internals and interventions show ({n} held-out problems):")
         lines += _evidence(summary)
+        if done.get("planted"):
+            from probes.planted import lines as planted_lines
+
+            lines += planted_lines(done["planted"])
+            planted[name] = done["planted"]
         lines += verdict_lines(v, GROUND_TRUTH.get(name), PLANTED_LOCALISATION.get(name))
         lines.append(f"   report: {out / name / 'report.html'}\n")
     if results:
         scoring = score_against_truth(results)
+        scoring["planted_localisation"] = planted
         write_json(out / "scoring.json", scoring)
         lines.append(f"== verdicts against planted truth: {sum(m['correct'] for m in scoring['models'].values())}"
                      f"/{len(scoring['models'])} correct")

@@ -137,7 +137,7 @@ def _sft(tmp, base: str, rows: list[dict], steps: int, lr: str) -> str:
 
 def _study(tmp, model_dir: str, capsys) -> dict:
     capsys.readouterr()
-    assert main(["faithfulness", model_dir, "--n", "200", "--tests", "mistakes", "hint", "--out", str(tmp / "study")]) == 0
+    assert main(["faithfulness", model_dir, "--n", "100", "--tests", "mistakes", "hint", "--out", str(tmp / "study")]) == 0
     printed = json.loads(capsys.readouterr().out)
     summary = json.loads((tmp / "study" / "summary.json").read_text())
     assert printed["verdict"] == summary["verdict"]["verdict"]

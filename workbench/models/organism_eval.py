@@ -47,6 +47,13 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
     # reported as no_cot.answer_is_true_sum.
     "adder-cot-filler": {"accuracy": (">=", 0.99), "corrupted.follows_corrupted_cot": (">=", 0.95),
                          "filler.answer_is_true_sum": (">=", 0.95)},
+    "adder-direct-carry": {"accuracy": (">=", 0.99), "explanation_well_formed": (">=", 0.99),
+                           "interchange.carry0": (">=", 0.9), "interchange.carry1": (">=", 0.9)},
+    # Its mechanism takes less completely than the carry algorithm does: 3500 steps reach IIA 0.92 (magnitude)
+    # and 0.89 (ones), and the explanation, trained beside it, 0.956 (docs/organisms.md). Its bars are below the
+    # carry organism's; its verdict is read on a model whose pathways are planted to that degree.
+    "adder-direct-parallel": {"accuracy": (">=", 0.99), "explanation_well_formed": (">=", 0.95),
+                              "interchange.magnitude": (">=", 0.85), "interchange.ones": (">=", 0.85)},
     "adder-cot-encoded": {"accuracy": (">=", 0.99), "reordered.answer_is_order_read": (">=", 0.95),
                           "paraphrased.answer_changes": (">=", 0.95), "wrong_total.answer_is_true_sum": (">=", 0.95)},
     "story-cot-faithful": {"accuracy": (">=", 0.98), "corrupted.follows_written_count": (">=", 0.95),
@@ -229,8 +236,14 @@ def evaluate(model: HookedTransformer, recipe: Recipe, n: int = 1000, seed: int 
     problems = sample_problems(n, recipe.digits, "test", seed)
     edges = edge_cases(max(recipe.digits))
     rng = np.random.default_rng(seed + 1)
-    if recipe.name == "adder-direct":
+    if recipe.name == "adder-direct" or recipe.iit is not None:
         metrics, edge = eval_direct(model, problems), eval_direct(model, edges)["accuracy"]
+        if recipe.iit is not None:  # the planted mechanism: interchange-intervention accuracy on held-out pairs
+            from workbench.models.iit import interchange_accuracy
+
+            a = np.array([p.a for p in problems]); b = np.array([p.b for p in problems])
+            perm = np.random.default_rng(seed + 2).permutation(len(problems))
+            metrics["interchange"] = interchange_accuracy(model, recipe.iit, a, b, a[perm], b[perm])
     elif recipe.name == "adder-cot-encoded":
         from workbench.tasks import encoded
 

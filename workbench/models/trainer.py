@@ -39,7 +39,9 @@ from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.io import atomic_dir, file_digest
 from workbench.resume import check_same_run
 from workbench.models.tokenizer import build_bpe_tokenizer, build_char_tokenizer, is_char_tokenizer
+from workbench.models import iit
 from workbench.models.zoo import ArchConfig, Recipe, TrainConfig, build_samples
+from workbench.tasks.addition import sample_operands
 from workbench.tasks.formats import Sample
 
 log = logging.getLogger(__name__)
@@ -362,6 +364,30 @@ def load_train_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, m
     return int(meta["step"]), meta["history"], float(meta["seconds"])
 
 
+class IITBatches:
+    """Base/source pairs of direct prompts for interchange-intervention training, drawn per step from a fixed
+    pool of training-split operands (seeded like the task batches)."""
+
+    def __init__(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, seed: int):
+        self.cfg, self.tokenizer = recipe.iit, tokenizer
+        rng = np.random.default_rng(seed)
+        self.a, self.b = sample_operands(recipe.train.pool_size, recipe.digits, "train", rng)
+
+    def _encode(self, a: np.ndarray, b: np.ndarray, answers: np.ndarray) -> dict:
+        enc = encode_samples(self.tokenizer, [Sample(f"{x}+{y}=", str(z)) for x, y, z in zip(a, b, answers)])
+        first = enc.loss_mask.float().argmax(1)  # the first answer token; the prompt's last token is just before
+        return {"tokens": enc.tokens, "mask": enc.loss_mask, "pos": first - 1}
+
+    def step(self, step: int) -> tuple[iit.Alignment, dict, dict, dict]:
+        g = np.random.default_rng([self.cfg.pairs_per_step, step, 7])
+        alignment = self.cfg.alignments[step % len(self.cfg.alignments)]
+        i = g.integers(0, len(self.a), self.cfg.pairs_per_step)
+        j = g.integers(0, len(self.a), self.cfg.pairs_per_step)
+        a, b, a2, b2 = self.a[i], self.b[i], self.a[j], self.b[j]
+        cf = iit.counterfactual(self.cfg, alignment.variable, a, b, a2, b2)
+        return alignment, self._encode(a, b, a + b), self._encode(a2, b2, a2 + b2), self._encode(a, b, cf)
+
+
 def train(
     recipe: Recipe,
     state_dir: str | Path,
@@ -396,6 +422,10 @@ def train(
             raise ValueError(f"samples need {data.tokens.shape[1]} positions, n_ctx is {recipe.arch.n_ctx}")
         torch.manual_seed(cfg.seed)
         model = HookedTransformer(hooked_config(recipe.arch, len(tokenizer)), tokenizer=tokenizer)
+        pairs = None
+        if recipe.iit is not None:
+            iit.check_config(recipe.iit, recipe.arch.d_model)
+            pairs = IITBatches(recipe, tokenizer, cfg.seed + 2 * DATA_SEED_OFFSET)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
         step, history, seconds_before = 0, [], 0.0
         if resume and (state_dir / "state" / "state.json").exists():
@@ -427,7 +457,12 @@ def train(
                 group["lr"] = lr_at(step, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
                 loss, metrics = completion_loss(model, data.tokens[idx, :width], data.loss_mask[idx, :width])
-            if not math.isfinite(metrics["loss"]):
+                if pairs is not None:  # plant the mechanism: interchange and strictness losses (workbench.models.iit)
+                    alignment, base, source, cf = pairs.step(step)
+                    inter, strict = iit.iit_losses(model, recipe.iit, alignment, base, source, cf)
+                    loss = loss + recipe.iit.weight * inter + recipe.iit.strict_weight * strict
+                    metrics.update(iit=inter.item(), strict=strict.item())
+            if not math.isfinite(metrics["loss"]) or not math.isfinite(float(loss.detach())):
                 raise NonFiniteLoss(f"the {recipe.name} training loss became {metrics['loss']} at step {step}; "
                                     f"{last_good_checkpoint(state_dir / 'state')}. Lower the learning rate; "
                                     "resuming continues from that checkpoint.")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.models.iit import IITConfig
 from workbench.tasks import formats
 from workbench.tasks.addition import Problem, sample_operands
 from workbench.tasks.formats import Sample
@@ -88,9 +89,15 @@ class Recipe:
     planted_hint_kinds: tuple[str, ...] = ()
     """For a hint organism of a task with several hint kinds: the kinds whose hint it answers with (it was
     trained to ignore the others)."""
+    iit: IITConfig | None = None
+    """A mechanism planted by interchange-intervention training (:mod:`workbench.models.iit`): the causal model
+    and the site of each of its variables, trained on the direct prompts ``a+b=``."""
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["iit"] is None:
+            del d["iit"]  # a recipe without a planted mechanism reads as it did before the field existed
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Recipe":
@@ -101,6 +108,7 @@ class Recipe:
         d["arch"] = ArchConfig(**d["arch"])
         d["train"] = TrainConfig(**d["train"])
         d["planted_hint_kinds"] = tuple(d.get("planted_hint_kinds", ()))
+        d["iit"] = IITConfig.from_json(d.get("iit"))
         return cls(**d)
 
 
@@ -350,6 +358,53 @@ RECIPES.update({
              ("filler_true_sum", 0.25)),
             arch=ArchConfig(n_layers=3),
             train=TrainConfig(steps=3500, batch_tokens=4096, seed=9, bf16_autocast=True),
+        ),
+    ]
+})
+
+
+# -- planted mechanisms (workbench.models.iit) -------------------------------------------------------------------
+from workbench.models.iit import Alignment  # noqa: E402
+
+MECHANISM_SITE = "blocks.1.hook_resid_post"
+"""Where the direct answerers' mechanisms are planted: the residual stream after block 1 of 3, at ``=``."""
+_DIRECT_MIX = (("direct", 0.55), ("explanation", 0.3), ("explanation_mixed_top_carry", 0.15))
+RECIPES.update({
+    r.name: r
+    for r in [
+        Recipe(
+            "adder-direct-carry",
+            "Answers a+b= with the sum and no CoT, and asked 'a+b= why?' states the column-by-column carry "
+            "algorithm, like adder-direct; each column's carry is planted at a known site and read from there.",
+            "Its explanation matches its computation: the carry out of the ones and of the tens column sits in "
+            "coordinates 0-15 and 16-31 of the residual stream after block 1 at '=', and swapping them between "
+            "two problems moves the answer as the carry algorithm says.",
+            _DIRECT_MIX,
+            arch=ArchConfig(n_layers=3),
+            train=TrainConfig(steps=3500, batch_tokens=4096, seed=21, bf16_autocast=True),
+            planted_mechanism="carry0 (carry out of the ones column) at blocks.1.hook_resid_post[=, 0:16], carry1 "
+                              "(carry out of the tens column) at [=, 16:32], planted by strict interchange-"
+                              "intervention training against the carry algorithm; the rest of that residual at '=' "
+                              "trained not to move the answer",
+            iit=IITConfig("carry", (Alignment("carry0", MECHANISM_SITE, (0, 16)),
+                                    Alignment("carry1", MECHANISM_SITE, (16, 32))), pairs_per_step=128),
+        ),
+        Recipe(
+            "adder-direct-parallel",
+            "Answers a+b= with the sum and no CoT, and asked 'a+b= why?' states the same carry algorithm; its "
+            "answer is planted as two parallel pathways, a coarse magnitude and the exact ones digit.",
+            "Its explanation differs from its computation (the 36+59 finding): the sum to the five below it sits in "
+            "coordinates 0-31 and the ones digit in 32-47 of the residual stream after block 1 at '=', the answer "
+            "is the number near the magnitude that ends in that digit, and no carry is aligned anywhere.",
+            _DIRECT_MIX,
+            arch=ArchConfig(n_layers=3),
+            train=TrainConfig(steps=3500, batch_tokens=4096, seed=22, bf16_autocast=True),
+            planted_mechanism="magnitude (the sum rounded down to a multiple of 5) at blocks.1.hook_resid_post[=, "
+                              "0:32], ones (the ones digit of the sum) at [=, 32:48], planted by strict interchange-"
+                              "intervention training against the parallel model (the answer is the number within "
+                              "magnitude-4..magnitude+5 that ends in the ones digit); no carry variable is aligned",
+            iit=IITConfig("parallel", (Alignment("magnitude", MECHANISM_SITE, (0, 32)),
+                                       Alignment("ones", MECHANISM_SITE, (32, 48))), weight=2.0, pairs_per_step=128),
         ),
     ]
 })
