@@ -131,7 +131,7 @@ def _sft(tmp, base: str, rows: list[dict], steps: int, lr: str) -> str:
     data = tmp / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["train", "sft", "--model", base, "--data", str(data), "--out", str(tmp / "sft"), "--steps",
-                 str(steps), "--batch-size", "64", "--lr", lr, "--threads", "2", "--seed", "0"]) == 0
+                 str(steps), "--batch-size", "64", "--lr", lr, "--threads", "1", "--seed", "0"]) == 0
     return str(tmp / "sft" / "model")
 
 
