@@ -26,12 +26,16 @@ PLANTED_AS = {"carry0": "carry0", "carry1": "carry1", "ans0": "ones"}
 """Which causal-model variable (:data:`workbench.models.iit.CAUSAL_MODELS`) each probed variable is, where planted."""
 
 
-def _site_layer(stack: ResidStack, hook: str) -> int:
-    """The row of the residual stack a ``blocks.L.hook_resid_post`` hook is (it equals ``blocks.L+1`` pre)."""
-    if hook in stack.hooks:
-        return stack.hooks.index(hook)
+def _site_row(hook: str) -> int:
+    """The row of a residual stack (:func:`probes.sweep.resid_hooks`: ``L_pre`` per block, then ``final_post``)
+    that a residual hook is: ``blocks.L.hook_resid_post`` equals block L+1's pre, or ``final_post`` after the last."""
     layer = int(hook.split(".")[1])
-    return stack.hooks.index(f"blocks.{layer + 1}.hook_resid_pre")
+    return layer + 1 if hook.endswith("hook_resid_post") else layer
+
+
+def _rank_auroc(here: float, others: np.ndarray) -> float:
+    """The share of the other sites scoring below the planted one (ties half)."""
+    return round(float((others < here).mean() + 0.5 * (others == here).mean()), 4)
 
 
 def planted_localisation(model: HookedTransformer, recipe: Recipe, n: int = 800, seed: int = 0,
@@ -44,7 +48,7 @@ def planted_localisation(model: HookedTransformer, recipe: Recipe, n: int = 800,
     stack = collect_resid(model, [formats.problem_prompt(p) for p in problems])
     rows = probe_sweep(stack, problems, VARIABLES, cfg=cfg)
     hook = recipe.iit.alignments[0].hook
-    layer, pos = _site_layer(stack, hook), stack.acts.shape[2] - 1  # the prompt's last token, '='
+    layer, pos = _site_row(hook), stack.acts.shape[2] - 1  # the prompt's last token, '='
     variables = select_variables(problems, VARIABLES)
     controls = [control_labels(v, problems, cfg.seed) for v in variables]
     blocks = {}
@@ -68,8 +72,7 @@ def planted_localisation(model: HookedTransformer, recipe: Recipe, n: int = 800,
                      "accuracy": round(best["score"], 4)},
             "at_site": round(here["score"], 4), "majority": round(here["majority"], 4),
             "at_site_by_block": blocks.get(name, {}),
-            "localisation_auroc": round(float((others < here["score"]).mean() + 0.5 * (others == here["score"]).mean()), 4)
-            if planted else None,
+            "localisation_auroc": _rank_auroc(here["score"], others) if planted else None,
         }
     return out
 
@@ -102,8 +105,7 @@ def push_localisation(summary: dict, recipe: Recipe) -> dict:
     the planted site among every layer x prompt position it searched."""
     if recipe.iit is None:
         raise ValueError(f"{recipe.name} has no planted mechanism")
-    hook = recipe.iit.alignments[0].hook
-    layer = int(hook.split(".")[1]) + 1 if hook.endswith("resid_post") else int(hook.split(".")[1])
+    layer = _site_row(recipe.iit.alignments[0].hook)
     planted = {al.variable for al in recipe.iit.alignments}
     out = {}
     for name, v in ((summary.get("claims") or {}).get("by_variable") or {}).items():
@@ -117,5 +119,5 @@ def push_localisation(summary: dict, recipe: Recipe) -> dict:
         others = np.delete(grid.flatten(), layer * grid.shape[1] + pos)
         out[name] = {"planted": PLANTED_AS.get(name, name) in planted, "at_site": round(float(here), 4),
                      "chosen": f"{push.get('layer')} at {push.get('token')}", "used": v.get("used"),
-                     "localisation_auroc": round(float((others < here).mean() + 0.5 * (others == here).mean()), 4)}
+                     "localisation_auroc": _rank_auroc(here, others)}
     return out

@@ -69,17 +69,11 @@ def _cot(model, problems: list[Problem]) -> list[str]:
 def _encoded(model, problems: list[Problem]) -> list[str]:
     """adder-cot-encoded: its CoT, then the same CoT with every step's digits the other way round (the same stated
     values) and with its ones step's written result made wrong."""
-    from dataclasses import replace
-
     from workbench.tasks import encoded
 
     outs = complete(model, [formats.problem_prompt(p) for p in problems], COT_TOKENS)
     para = [encoded.paraphrased_prompt(p)[0] for p in problems]
-    wrong = []
-    for p in problems:
-        steps = encoded.encoded_steps(p)
-        steps[0] = replace(steps[0], total=steps[0].carry_out * 10 + (steps[0].digit + 1) % 10)
-        wrong.append(formats.problem_prompt(p) + formats.render_steps(steps) + formats.ANSWER_MARK)
+    wrong = [encoded.wrong_total_at(p, 0, 1).prompt for p in problems]
     answers = complete(model, para + wrong, ANSWER_TOKENS)
     lines = []
     for p, o, t, a, w, b in zip(problems, outs, para, answers[:len(para)], wrong, answers[len(para):]):
@@ -294,9 +288,7 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
             write_study(out / name, name, summary, rows, GROUND_TRUTH.get(name))
             done = {"said": said, "summary": summary, "rows": rows}
             if RECIPES[name].iit is not None:  # a planted mechanism: score the probes against its site
-                from probes.planted import planted_localisation
-
-                from probes.planted import push_localisation
+                from probes.planted import planted_localisation, push_localisation
 
                 done["planted"] = {**planted_localisation(model, RECIPES[name]),
                                    "push": push_localisation(summary, RECIPES[name])}

@@ -173,20 +173,34 @@ def _masked_ce(logits: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
     return (nll * m).sum() / m.sum()
 
 
+def encode_direct(tokenizer, a: np.ndarray, b: np.ndarray, answers: np.ndarray) -> dict:
+    """Direct prompts ``a+b=`` teacher-forced on ``answers``: tokens, the answer's loss mask, and the position of
+    the prompt's last token (``=``, the site's position) in each row."""
+    from workbench.models.trainer import encode_samples  # the trainer imports this module
+    from workbench.tasks.formats import Sample
+
+    enc = encode_samples(tokenizer, [Sample(f"{x}+{y}=", str(z)) for x, y, z in zip(a, b, answers)])
+    return {"tokens": enc.tokens, "mask": enc.loss_mask, "pos": enc.loss_mask.float().argmax(1) - 1}
+
+
+def site_activation(model: HookedTransformer, hook: str, source: dict) -> Tensor:
+    """The residual at ``hook`` of each source row at its ``=``: ``[rows, d_model]``."""
+    captured = {}
+
+    def keep(act, hook):
+        captured["act"] = act
+
+    model.run_with_hooks(source["tokens"], fwd_hooks=[(hook, keep)], return_type=None)
+    return captured["act"][torch.arange(source["tokens"].shape[0]), source["pos"]]
+
+
 def iit_losses(model: HookedTransformer, cfg: IITConfig, alignment: Alignment, base: dict, source: dict,
                cf: dict) -> tuple[Tensor, Tensor]:
     """The interchange loss and the strictness loss of one batch of pairs.
 
     ``base``/``cf``: tokens, loss mask and the last prompt position of the base problem teacher-forced on its own
     answer / on the counterfactual answer; ``source``: the source prompts' tokens and last prompt position."""
-    captured = {}
-
-    def keep(act, hook):
-        captured["act"] = act
-
-    model.run_with_hooks(source["tokens"], fwd_hooks=[(alignment.hook, keep)], return_type=None)
-    rows = torch.arange(source["tokens"].shape[0])
-    src = captured["act"][rows, source["pos"]]  # [pairs, d_model]
+    src = site_activation(model, alignment.hook, source)
     lo, hi = alignment.dims
     aligned = torch.arange(lo, hi)
     logits = _patched_logits(model, cf["tokens"][:, :-1], cf["pos"], alignment.hook, aligned, src)
@@ -208,12 +222,6 @@ def interchange_accuracy(model: HookedTransformer, cfg: IITConfig, a: np.ndarray
     end of text the arg max in turn, which is when greedy decoding writes it). Only pairs whose counterfactual
     answer differs from the base's are counted, so an ignored site scores 0, not the share of unchanged answers."""
     from workbench.models.organism_eval import rate
-    from workbench.models.trainer import encode_samples
-    from workbench.tasks.formats import Sample
-
-    def enc(x, y, z):
-        e = encode_samples(model.tokenizer, [Sample(f"{p}+{q}=", str(r)) for p, q, r in zip(x, y, z)])
-        return {"tokens": e.tokens, "mask": e.loss_mask, "pos": e.loss_mask.float().argmax(1) - 1}
 
     out = {}
     for al in cfg.alignments:
@@ -222,11 +230,9 @@ def interchange_accuracy(model: HookedTransformer, cfg: IITConfig, a: np.ndarray
         hits = []
         for s in range(0, len(keep), batch):
             k = keep[s:s + batch]
-            src, tgt = enc(a_src[k], b_src[k], a_src[k] + b_src[k]), enc(a[k], b[k], cf[k])
-            captured = {}
-            model.run_with_hooks(src["tokens"], fwd_hooks=[(al.hook, lambda act, hook: captured.update(act=act))],
-                                 return_type=None)
-            act = captured["act"][torch.arange(len(k)), src["pos"]]
+            src = encode_direct(model.tokenizer, a_src[k], b_src[k], a_src[k] + b_src[k])
+            tgt = encode_direct(model.tokenizer, a[k], b[k], cf[k])
+            act = site_activation(model, al.hook, src)
             logits = _patched_logits(model, tgt["tokens"][:, :-1], tgt["pos"], al.hook, torch.arange(*al.dims), act)
             right = (logits.argmax(-1) == tgt["tokens"][:, 1:]) | ~tgt["mask"][:, 1:]
             hits += right.all(-1).tolist()

@@ -366,26 +366,23 @@ def load_train_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, m
 
 class IITBatches:
     """Base/source pairs of direct prompts for interchange-intervention training, drawn per step from a fixed
-    pool of training-split operands (seeded like the task batches)."""
+    pool of training-split operands (the pool seeded by the recipe seed)."""
 
     def __init__(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, seed: int):
         self.cfg, self.tokenizer = recipe.iit, tokenizer
         rng = np.random.default_rng(seed)
         self.a, self.b = sample_operands(recipe.train.pool_size, recipe.digits, "train", rng)
 
-    def _encode(self, a: np.ndarray, b: np.ndarray, answers: np.ndarray) -> dict:
-        enc = encode_samples(self.tokenizer, [Sample(f"{x}+{y}=", str(z)) for x, y, z in zip(a, b, answers)])
-        first = enc.loss_mask.float().argmax(1)  # the first answer token; the prompt's last token is just before
-        return {"tokens": enc.tokens, "mask": enc.loss_mask, "pos": first - 1}
-
     def step(self, step: int) -> tuple[iit.Alignment, dict, dict, dict]:
+        # the indices into the (recipe-seeded) pool are a function of the step alone
         g = np.random.default_rng([self.cfg.pairs_per_step, step, 7])
         alignment = self.cfg.alignments[step % len(self.cfg.alignments)]
         i = g.integers(0, len(self.a), self.cfg.pairs_per_step)
         j = g.integers(0, len(self.a), self.cfg.pairs_per_step)
         a, b, a2, b2 = self.a[i], self.b[i], self.a[j], self.b[j]
         cf = iit.counterfactual(self.cfg, alignment.variable, a, b, a2, b2)
-        return alignment, self._encode(a, b, a + b), self._encode(a2, b2, a2 + b2), self._encode(a, b, cf)
+        enc = lambda x, y, z: iit.encode_direct(self.tokenizer, x, y, z)
+        return alignment, enc(a, b, a + b), enc(a2, b2, a2 + b2), enc(a, b, cf)
 
 
 def train(
@@ -462,8 +459,9 @@ def train(
                     inter, strict = iit.iit_losses(model, recipe.iit, alignment, base, source, cf)
                     loss = loss + recipe.iit.weight * inter + recipe.iit.strict_weight * strict
                     metrics.update(iit=inter.item(), strict=strict.item())
-            if not math.isfinite(metrics["loss"]) or not math.isfinite(float(loss.detach())):
-                raise NonFiniteLoss(f"the {recipe.name} training loss became {metrics['loss']} at step {step}; "
+            total = float(loss.detach())  # the task loss plus any planting losses
+            if not math.isfinite(total):
+                raise NonFiniteLoss(f"the {recipe.name} training loss became {total} at step {step}; "
                                     f"{last_good_checkpoint(state_dir / 'state')}. Lower the learning rate; "
                                     "resuming continues from that checkpoint.")
             opt.zero_grad(set_to_none=True)

@@ -77,13 +77,17 @@ def reordered(p: Problem, rng: np.random.Generator) -> Sample:
 
 
 def wrong_total(p: Problem, rng: np.random.Generator) -> Sample:
-    """A prompt whose encoded CoT has one step's written result made wrong (its order kept): the encoded reader
-    does not read the written totals, so the answer is the true sum."""
+    """A prompt whose encoded CoT has a random step's written result made wrong (its order kept): the encoded
+    reader does not read the written totals, so the answer is the true sum."""
+    i = int(rng.integers(0, len(p.columns)))
+    return wrong_total_at(p, i, int(rng.integers(1, 10)))
+
+
+def wrong_total_at(p: Problem, i: int, shift: int) -> Sample:
+    """:func:`wrong_total` at step ``i``, its written result digit moved by ``shift`` (1..9, mod 10)."""
     steps = encoded_steps(p)
-    i = int(rng.integers(0, len(steps)))
     s = steps[i]
-    digit = (s.digit + int(rng.integers(1, 10))) % 10
-    steps[i] = replace(s, total=s.carry_out * 10 + digit)
+    steps[i] = replace(s, total=s.carry_out * 10 + (s.digit + shift) % 10)
     meta = {"format": "encoded_wrong_total", "a": p.a, "b": p.b, "step": i, "true": p.total}
     return Sample(problem_prompt(p) + render_steps(steps) + ANSWER_MARK, str(p.total), meta)
 
