@@ -121,3 +121,102 @@ def push_localisation(summary: dict, recipe: Recipe) -> dict:
                      "chosen": f"{push.get('layer')} at {push.get('token')}", "used": v.get("used"),
                      "localisation_auroc": _rank_auroc(here, others)}
     return out
+
+
+STATED_MODEL = "carry"
+"""The algorithm every direct answerer states when asked ``why?``: its carries are scored on every planted organism,
+aligned or not."""
+
+
+def _pairs(causal_model: str, variable: str, n: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Base and source 3-digit problems that the causal model says differ in ``variable`` alone: swapping it changes
+    the answer, and swapping every variable of the model gives that same answer (so a patch of a whole site that
+    holds them all should too). Returns a, b, a_src, b_src and the counterfactual answer."""
+    from workbench.models.iit import counterfactual, joint_counterfactual
+
+    base = sample_problems(12 * n, (3,), "test", seed)
+    src = sample_problems(12 * n, (3,), "test", seed + 1)
+    a, b = np.array([p.a for p in base]), np.array([p.b for p in base])
+    a_src, b_src = np.array([p.a for p in src]), np.array([p.b for p in src])
+    cf = counterfactual(causal_model, variable, a, b, a_src, b_src)
+    keep = np.flatnonzero((cf != a + b) & (cf == joint_counterfactual(causal_model, a, b, a_src, b_src)))[:n]
+    return a[keep], b[keep], a_src[keep], b_src[keep], cf[keep]
+
+
+def _answer_metrics(target: dict):
+    """Metrics of a batch teacher-forced on ``target``'s answers: the share of rows whose every answer token is the
+    arg max (the interchange-intervention accuracy), and the mean log-probability of the answer (differentiable)."""
+    import torch
+
+    tokens, mask = target["tokens"][:, 1:], target["mask"][:, 1:]
+
+    def iia(logits):
+        right = (logits[:, :-1].argmax(-1) == tokens) | ~mask
+        return right.all(-1).float().mean()
+
+    def logprob(logits):
+        lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tokens[..., None])[..., 0]
+        return (lp * mask).sum(-1).mean()
+
+    return iia, logprob
+
+
+def _site_map(model: HookedTransformer, sweep, clean, corrupt, metric, n_prompt: int) -> np.ndarray:
+    """A residual-stream map ``[layer rows, prompt positions]`` with the rows of :func:`_site_row`: each block's
+    ``resid_pre``, then the last block's ``resid_post``."""
+    pre = sweep(model, clean, corrupt, metric, where="resid_pre")
+    post = sweep(model, clean, corrupt, metric, where="resid_post")
+    return np.concatenate([pre.detach().numpy(), post[-1:].detach().numpy()])[:, :n_prompt]
+
+
+def patching_localisation(model: HookedTransformer, recipe: Recipe, n: int = 300, seed: int = 0) -> dict:
+    """Activation patching and attribution patching of the residual stream at every layer x prompt position,
+    scored against the planted site.
+
+    For each variable of the planted causal model, and each carry of the stated algorithm, pairs of problems that
+    differ in that variable alone (:func:`_pairs`) are patched source into base, one site at a time, with the
+    base teacher-forced on the causal model's counterfactual answer. The activation map is the share of pairs on
+    which the patched model writes exactly that answer (the IIA of the whole residual at the site); a second map is
+    the answer's mean log-probability, and attribution patching estimates that one from a gradient. Each map's
+    localisation AUROC is the planted site's rank among the sites (a variable that is not planted gets none: its
+    best site and value say whether anything in the stream behaves like it)."""
+    from workbench.models.iit import CAUSAL_MODELS, encode_direct
+    from workbench.patching import attribution_patching, resid_sweep, spearman
+
+    if recipe.iit is None:
+        raise ValueError(f"{recipe.name} has no planted mechanism")
+    import torch
+
+    hook = recipe.iit.alignments[0].hook
+    layer = _site_row(hook)
+    planted = {al.variable for al in recipe.iit.alignments}
+    hypotheses = [(recipe.iit.causal_model, v) for v in CAUSAL_MODELS[recipe.iit.causal_model][0]]
+    hypotheses += [(STATED_MODEL, v) for v in CAUSAL_MODELS[STATED_MODEL][0] if v not in planted]
+    out = {"site": {"hook": hook, "row": layer}, "variables": {}}
+    for causal_model, name in hypotheses:
+        a, b, a_src, b_src, cf = _pairs(causal_model, name, n, seed)
+        base = encode_direct(model.tokenizer, a, b, cf)
+        source = encode_direct(model.tokenizer, a_src, b_src, cf)  # same answer tokens: the two align
+        n_prompt = int(base["pos"][0]) + 1
+        iia, logprob = _answer_metrics(base)
+        maps = {"iia": _site_map(model, resid_sweep, source["tokens"], base["tokens"], iia, n_prompt),
+                "logprob": _site_map(model, resid_sweep, source["tokens"], base["tokens"], logprob, n_prompt)}
+        with torch.enable_grad():
+            maps["attribution"] = _site_map(model, lambda *x, where: attribution_patching(*x, where=where),
+                                            source["tokens"], base["tokens"], logprob, n_prompt)
+        pos = n_prompt - 1
+        labels = [f"{i}_pre" for i in range(model.cfg.n_layers)] + ["final_post"]
+        tokens = model.to_str_tokens(base["tokens"][0, :n_prompt])
+        v = {"causal_model": causal_model, "planted": causal_model == recipe.iit.causal_model and name in planted,
+             "n_pairs": len(a), "labels": labels, "tokens": tokens,
+             "iia_map": np.round(maps["iia"], 4).tolist(), "at_site": round(float(maps["iia"][layer, pos]), 4)}
+        best = np.unravel_index(np.argmax(maps["iia"]), maps["iia"].shape)
+        v["best"] = {"layer": labels[best[0]], "token": tokens[best[1]], "iia": round(float(maps["iia"][best]), 4)}
+        v["runner_up"] = round(float(np.sort(np.delete(maps["iia"].flatten(), layer * n_prompt + pos))[-1]), 4)
+        v["attribution_vs_patching_spearman"] = round(spearman(torch.from_numpy(maps["attribution"]),
+                                                               torch.from_numpy(maps["logprob"])), 4)
+        if v["planted"]:
+            v["localisation_auroc"] = {
+                k: _rank_auroc(m[layer, pos], np.delete(m.flatten(), layer * n_prompt + pos)) for k, m in maps.items()}
+        out["variables"][name] = v
+    return out

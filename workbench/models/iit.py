@@ -130,10 +130,25 @@ CAUSAL_MODELS: dict[str, tuple[tuple[str, ...], Callable]] = {
 """High-level models of a+b: their variables and the answer with one variable taken from a source problem."""
 
 
-def counterfactual(cfg: IITConfig, variable: str, a, b, a_src, b_src) -> np.ndarray:
-    names, fn = CAUSAL_MODELS[cfg.causal_model]
+def joint_counterfactual(causal_model: str, a, b, a_src, b_src) -> np.ndarray:
+    """The causal model's answer for the base with *every* one of its variables taken from the source: what a
+    patch of a whole site that holds all of them gives."""
+    a, b, a_src, b_src = map(np.asarray, (a, b, a_src, b_src))
+    names, _ = CAUSAL_MODELS[causal_model]
+    if causal_model == "carry":
+        carries, columns = column_carries(a_src, b_src), [int(v.removeprefix("carry")) for v in names]
+        return _carry_sum(a, b, {i: carries[i] for i in columns})
+    if causal_model == "parallel":
+        v = parallel_values(a_src, b_src)
+        return combine(v["magnitude"], v["ones"])
+    raise ValueError(f"no joint counterfactual for {causal_model!r}")
+
+
+def counterfactual(cfg: IITConfig | str, variable: str, a, b, a_src, b_src) -> np.ndarray:
+    causal_model = cfg if isinstance(cfg, str) else cfg.causal_model
+    names, fn = CAUSAL_MODELS[causal_model]
     if variable not in names:
-        raise ValueError(f"{cfg.causal_model} has no variable {variable!r}; it has {', '.join(names)}")
+        raise ValueError(f"{causal_model} has no variable {variable!r}; it has {', '.join(names)}")
     return fn(np.asarray(a), np.asarray(b), np.asarray(a_src), np.asarray(b_src), variable)
 
 
