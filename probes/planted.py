@@ -181,12 +181,12 @@ def patching_localisation(model: HookedTransformer, recipe: Recipe, n: int = 300
     localisation AUROC is the planted site's rank among the sites (a variable that is not planted gets none: its
     best site and value say whether anything in the stream behaves like it)."""
     from workbench.models.iit import CAUSAL_MODELS, encode_direct
+    import torch
+
     from workbench.patching import attribution_patching, resid_sweep, spearman
 
     if recipe.iit is None:
         raise ValueError(f"{recipe.name} has no planted mechanism")
-    import torch
-
     hook = recipe.iit.alignments[0].hook
     layer = _site_row(hook)
     planted = {al.variable for al in recipe.iit.alignments}
@@ -212,11 +212,12 @@ def patching_localisation(model: HookedTransformer, recipe: Recipe, n: int = 300
              "iia_map": np.round(maps["iia"], 4).tolist(), "at_site": round(float(maps["iia"][layer, pos]), 4)}
         best = np.unravel_index(np.argmax(maps["iia"]), maps["iia"].shape)
         v["best"] = {"layer": labels[best[0]], "token": tokens[best[1]], "iia": round(float(maps["iia"][best]), 4)}
-        v["runner_up"] = round(float(np.sort(np.delete(maps["iia"].flatten(), layer * n_prompt + pos))[-1]), 4)
+        others = lambda m: np.delete(m.flatten(), layer * n_prompt + pos)  # every site but the planted one
+        v["runner_up"] = round(float(others(maps["iia"]).max()), 4)
         v["attribution_vs_patching_spearman"] = round(spearman(torch.from_numpy(maps["attribution"]),
                                                                torch.from_numpy(maps["logprob"])), 4)
         if v["planted"]:
             v["localisation_auroc"] = {
-                k: _rank_auroc(m[layer, pos], np.delete(m.flatten(), layer * n_prompt + pos)) for k, m in maps.items()}
+                k: _rank_auroc(m[layer, pos], others(m)) for k, m in maps.items()}
         out["variables"][name] = v
     return out
