@@ -98,6 +98,27 @@ def lines(result: dict) -> list[str]:
     return out
 
 
+def patching_lines(result: dict) -> list[str]:
+    """The demo's lines for :func:`patching_localisation`: one per variable."""
+    site = result["site"]
+    out = [f"    activation patching of the whole residual stream against the planted site ({site['hook']}; pairs "
+           f"differing in one variable, IIA = share patched to the counterfactual answer):"]
+    for name, v in result["variables"].items():
+        b = v["best"]
+        head = f"     {name} ({'planted' if v['planted'] else 'stated, not planted'}; n={v['n_pairs']} pairs): "
+        if not v["n_pairs"]:
+            out.append(head + "no held-out pair differs in it alone")
+            continue
+        body = (f"IIA {v['at_site']:.2f} at the site, best {b['iia']:.2f} at {b['layer']} {b['token']!r}, "
+                f"best elsewhere {v['runner_up']:.2f}")
+        if v["planted"]:
+            a = v["localisation_auroc"]
+            body += (f"; localisation AUROC {a['iia']:.2f} (IIA), {a['logprob']:.2f} (log-prob), "
+                     f"{a['attribution']:.2f} (attribution patching)")
+        out.append(head + body + f"; attribution vs patching Spearman {v['attribution_vs_patching_spearman']:.2f}")
+    return out
+
+
 def push_localisation(summary: dict, recipe: Recipe) -> dict:
     """The claims test's push (a stated carry moved to its other value by the class-mean difference) scored
     against the planted site: for each intermediate variable it pushed, the share of selection prompts on which
@@ -161,12 +182,22 @@ def _answer_metrics(target: dict):
     return iia, logprob
 
 
-def _site_map(model: HookedTransformer, sweep, clean, corrupt, metric, n_prompt: int) -> np.ndarray:
-    """A residual-stream map ``[layer rows, prompt positions]`` with the rows of :func:`_site_row`: each block's
-    ``resid_pre``, then the last block's ``resid_post``."""
-    pre = sweep(model, clean, corrupt, metric, where="resid_pre")
-    post = sweep(model, clean, corrupt, metric, where="resid_post")
-    return np.concatenate([pre.detach().numpy(), post[-1:].detach().numpy()])[:, :n_prompt]
+def _site_maps(model: HookedTransformer, clean, corrupt, iia, logprob, n_prompt: int) -> dict[str, np.ndarray]:
+    """Residual-stream maps ``[layer rows, prompt positions]`` with the rows of :func:`_site_row` (each block's
+    ``resid_pre``, then the last block's ``resid_post``): the patched IIA and log-probability (one sweep reads
+    both) and the attribution estimate of the log-probability."""
+    import torch
+
+    from workbench.patching import attribution_patching, resid_sweep
+
+    last = model.cfg.n_layers - 1
+    pre = resid_sweep(model, clean, corrupt, {"iia": iia, "logprob": logprob})
+    post = resid_sweep(model, clean, corrupt, {"iia": iia, "logprob": logprob}, where="resid_post", layers=[last])
+    maps = {k: torch.cat([pre[k], post[k]]) for k in pre}
+    with torch.enable_grad():
+        maps["attribution"] = torch.cat([attribution_patching(model, clean, corrupt, logprob),
+                                         attribution_patching(model, clean, corrupt, logprob, "resid_post")[-1:]])
+    return {k: m.detach().numpy()[:, :n_prompt] for k, m in maps.items()}
 
 
 def patching_localisation(model: HookedTransformer, recipe: Recipe, n: int = 300, seed: int = 0) -> dict:
@@ -180,10 +211,10 @@ def patching_localisation(model: HookedTransformer, recipe: Recipe, n: int = 300
     the answer's mean log-probability, and attribution patching estimates that one from a gradient. Each map's
     localisation AUROC is the planted site's rank among the sites (a variable that is not planted gets none: its
     best site and value say whether anything in the stream behaves like it)."""
-    from workbench.models.iit import CAUSAL_MODELS, encode_direct
     import torch
 
-    from workbench.patching import attribution_patching, resid_sweep, spearman
+    from workbench.models.iit import CAUSAL_MODELS, encode_direct
+    from workbench.patching import spearman
 
     if recipe.iit is None:
         raise ValueError(f"{recipe.name} has no planted mechanism")
@@ -198,12 +229,7 @@ def patching_localisation(model: HookedTransformer, recipe: Recipe, n: int = 300
         base = encode_direct(model.tokenizer, a, b, cf)
         source = encode_direct(model.tokenizer, a_src, b_src, cf)  # same answer tokens: the two align
         n_prompt = int(base["pos"][0]) + 1
-        iia, logprob = _answer_metrics(base)
-        maps = {"iia": _site_map(model, resid_sweep, source["tokens"], base["tokens"], iia, n_prompt),
-                "logprob": _site_map(model, resid_sweep, source["tokens"], base["tokens"], logprob, n_prompt)}
-        with torch.enable_grad():
-            maps["attribution"] = _site_map(model, lambda *x, where: attribution_patching(*x, where=where),
-                                            source["tokens"], base["tokens"], logprob, n_prompt)
+        maps = _site_maps(model, source["tokens"], base["tokens"], *_answer_metrics(base), n_prompt)
         pos = n_prompt - 1
         labels = [f"{i}_pre" for i in range(model.cfg.n_layers)] + ["final_post"]
         tokens = model.to_str_tokens(base["tokens"][0, :n_prompt])

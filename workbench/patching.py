@@ -22,7 +22,7 @@ and one backward pass: ``(clean_act - corrupt_act) . d metric / d act`` at the c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import einops
@@ -139,12 +139,14 @@ def _attention_output(block: TransformerBlock, out: Tensor):
 
 
 @torch.inference_mode()
-def _sweep(model: HookedTransformer, clean: Tensor, corrupt: Tensor, metric: Metric,
+def _sweep(model: HookedTransformer, clean: Tensor, corrupt: Tensor, metric: Metric | dict[str, Metric],
            hook_of_layer: Callable[[int | str], str], site_grid: list, max_batch: int | None,
-           tokens_per_batch: int | None) -> Tensor:
+           tokens_per_batch: int | None, layers: Sequence[int] | None = None) -> Tensor | dict[str, Tensor]:
     _check_pair(clean, corrupt)
     n_layers, (b, n_pos) = model.cfg.n_layers, clean.shape
-    names = [hook_of_layer(layer) for layer in range(n_layers)]
+    layers = _layers(layers, n_layers)
+    metrics = metric if isinstance(metric, dict) else {"": metric}
+    names = {layer: hook_of_layer(layer) for layer in layers}
     resid = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
     kv = [(f"blocks.{layer}.attn.hook_k", f"blocks.{layer}.attn.hook_v") for layer in range(n_layers)]
     _, _, shortformer, mask = model.input_to_embed(corrupt)
@@ -152,18 +154,19 @@ def _sweep(model: HookedTransformer, clean: Tensor, corrupt: Tensor, metric: Met
     # corrupted run's at every layer: a pass runs only the later positions, reading the earlier keys and values
     # from the corrupted run. Otherwise every pass runs all positions.
     suffix = mask is None and model.cfg.attention_dir == "causal"
-    _, clean_cache = model.run_with_cache(clean, names_filter=names)
-    corrupt_logits, corrupt_cache = model.run_with_cache(
-        corrupt, names_filter=sorted(set(names + resid + ([n for pair in kv for n in pair] if suffix else []))))
-    base = float(metric(corrupt_logits))
+    _, clean_cache = model.run_with_cache(clean, names_filter=list(names.values()))
+    corrupt_logits, corrupt_cache = model.run_with_cache(corrupt, names_filter=sorted(
+        set(list(names.values()) + resid + ([n for pair in kv for n in pair] if suffix else []))))
+    base = {m: float(f(corrupt_logits)) for m, f in metrics.items()}
     budget = tokens_per_batch or tokens_per_forward(model, n_pos)
     sites = [site for site, _ in site_grid]
-    out = torch.empty(n_layers, len(sites))
-    for layer in tqdm(range(n_layers), desc=f"patch {hook_of_layer('*')}", unit="layer", leave=False):
+    out = {m: torch.empty(len(layers), len(sites)) for m in metrics}
+    for row, layer in enumerate(tqdm(layers, desc=f"patch {hook_of_layer('*')}", unit="layer", leave=False)):
         name = names[layer]
         clean_act, corrupt_act = clean_cache[name], corrupt_cache[name]
         units, unchanged = _units(clean_act, corrupt_act, sites, suffix)
-        out[layer, unchanged] = base  # the patch writes the corrupted values back: the corrupted run
+        for m in metrics:
+            out[m][row, unchanged] = base[m]  # the patch writes the corrupted values back: the corrupted run
         # Where the forward starts: a patched residual stream is the input of its layer (resid_pre) or of the
         # next one (resid_post); a patched head output (z) is its block's attention output through W_O, so that
         # block skips its attention; anything else is patched by a hook in a pass from its own layer.
@@ -215,54 +218,70 @@ def _sweep(model: HookedTransformer, clean: Tensor, corrupt: Tensor, metric: Met
                     j += len(rows)
                     left[k] -= len(rows)
                     if not left[k]:
-                        out[layer, k] = metric(pending.pop(k))
+                        full = pending.pop(k)
+                        for m, f in metrics.items():
+                            out[m][row, k] = f(full)
     shape = site_grid[-1][1]
-    return out.reshape(n_layers, *shape)
+    maps = {m: o.reshape(len(layers), *shape) for m, o in out.items()}
+    return maps if isinstance(metric, dict) else maps[""]
+
+
+def _layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    layers = list(layers)
+    if not layers or any(not isinstance(x, int) or isinstance(x, bool) or not 0 <= x < n_layers for x in layers):
+        raise WorkbenchError(f"layers must be a non-empty list of layer indices in [0, {n_layers}), got {layers!r}")
+    return layers
 
 
 def resid_sweep(
-    model: HookedTransformer, clean: Int[Tensor, "batch pos"], corrupt: Int[Tensor, "batch pos"], metric: Metric,
-    where: str = "resid_pre", max_batch: int | None = None, tokens_per_batch: int | None = None,
-) -> Float[Tensor, "layer pos"]:
+    model: HookedTransformer, clean: Int[Tensor, "batch pos"], corrupt: Int[Tensor, "batch pos"],
+    metric: Metric | dict[str, Metric], where: str = "resid_pre", max_batch: int | None = None,
+    tokens_per_batch: int | None = None, layers: Sequence[int] | None = None,
+) -> Float[Tensor, "layer pos"] | dict[str, Float[Tensor, "layer pos"]]:
     """Patch the residual stream (``hook_resid_pre``/``mid``/``post``) at each layer and position.
 
     Equals ``transformer_lens.patching.get_act_patch_resid_pre`` for ``where='resid_pre'`` (and
     ``get_act_patch_resid_mid`` for ``'resid_mid'``). Every sweep takes ``max_batch``, the most sequences one
-    forward pass may hold, and ``tokens_per_batch``, its token budget (default :func:`tokens_per_forward`).
+    forward pass may hold, and ``tokens_per_batch``, its token budget (default :func:`tokens_per_forward`);
+    ``layers``, the layers to patch (default all: the map has one row per layer given, in that order); and
+    ``metric`` as one metric or a dict of named metrics, each read from the same patched passes (then the result
+    is a dict of maps: several metrics cost one sweep).
     """
     if where not in ("resid_pre", "resid_mid", "resid_post"):
         raise WorkbenchError(f"where must be resid_pre, resid_mid or resid_post, got {where!r}")
     n_pos = clean.shape[1]
     grid = [((p,), (n_pos,)) for p in range(n_pos)]
     return _sweep(model, clean, corrupt, metric, lambda layer: f"blocks.{layer}.hook_{where}", grid, max_batch,
-                  tokens_per_batch)
+                  tokens_per_batch, layers)
 
 
-def mlp_out_sweep(model, clean, corrupt, metric: Metric, max_batch: int | None = None,
-                  tokens_per_batch: int | None = None) -> Float[Tensor, "layer pos"]:
+def mlp_out_sweep(model, clean, corrupt, metric: Metric | dict[str, Metric], max_batch: int | None = None,
+                  tokens_per_batch: int | None = None, layers: Sequence[int] | None = None) -> Float[Tensor, "layer pos"]:
     """Patch each layer's MLP output at each position (= ``patching.get_act_patch_mlp_out``)."""
     n_pos = clean.shape[1]
     grid = [((p,), (n_pos,)) for p in range(n_pos)]
     return _sweep(model, clean, corrupt, metric, lambda layer: f"blocks.{layer}.hook_mlp_out", grid, max_batch,
-                  tokens_per_batch)
+                  tokens_per_batch, layers)
 
 
-def head_sweep(model, clean, corrupt, metric: Metric, max_batch: int | None = None,
-               tokens_per_batch: int | None = None) -> Float[Tensor, "layer head"]:
+def head_sweep(model, clean, corrupt, metric: Metric | dict[str, Metric], max_batch: int | None = None,
+               tokens_per_batch: int | None = None, layers: Sequence[int] | None = None) -> Float[Tensor, "layer head"]:
     """Patch each head's output (``attn.hook_z``) at all positions (= ``get_act_patch_attn_head_out_all_pos``)."""
     h = model.cfg.n_heads
     grid = [((slice(None), i), (h,)) for i in range(h)]
     return _sweep(model, clean, corrupt, metric, lambda layer: f"blocks.{layer}.attn.hook_z", grid, max_batch,
-                  tokens_per_batch)
+                  tokens_per_batch, layers)
 
 
-def head_by_pos_sweep(model, clean, corrupt, metric: Metric, max_batch: int | None = None,
-                      tokens_per_batch: int | None = None) -> Float[Tensor, "layer pos head"]:
+def head_by_pos_sweep(model, clean, corrupt, metric: Metric | dict[str, Metric], max_batch: int | None = None,
+                      tokens_per_batch: int | None = None, layers: Sequence[int] | None = None) -> Float[Tensor, "layer pos head"]:
     """Patch each head at each position (= ``get_act_patch_attn_head_out_by_pos``)."""
     n_pos, h = clean.shape[1], model.cfg.n_heads
     grid = [((p, i), (n_pos, h)) for p in range(n_pos) for i in range(h)]
     return _sweep(model, clean, corrupt, metric, lambda layer: f"blocks.{layer}.attn.hook_z", grid, max_batch,
-                  tokens_per_batch)
+                  tokens_per_batch, layers)
 
 
 def _acts_and_grads(model: HookedTransformer, corrupt: Tensor, metric: Metric, names: list[str]):

@@ -251,7 +251,7 @@ def _file_sha256(path: Path) -> str | None:
 
 def demo_key(prompts: list[str], n: int) -> dict:
     """What the demo's result depends on: the prompts, n and each shipped organism's weights file."""
-    return {"format": "faithfulness-demo", "version": 2, "prompts": list(prompts), "n": n,
+    return {"format": "faithfulness-demo", "version": 3, "prompts": list(prompts), "n": n,
             "organisms": {name: _file_sha256(organism_dir(name) / "model.safetensors") for name in RECIPES}}
 
 
@@ -288,10 +288,11 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
             write_study(out / name, name, summary, rows, GROUND_TRUTH.get(name))
             done = {"said": said, "summary": summary, "rows": rows}
             if RECIPES[name].iit is not None:  # a planted mechanism: score the probes against its site
-                from probes.planted import planted_localisation, push_localisation
+                from probes.planted import patching_localisation, planted_localisation, push_localisation
 
                 done["planted"] = {**planted_localisation(model, RECIPES[name]),
-                                   "push": push_localisation(summary, RECIPES[name])}
+                                   "push": push_localisation(summary, RECIPES[name]),
+                                   "patching": patching_localisation(model, RECIPES[name], n=min(n, 300))}
             return done
 
         done = units.run(name, organism)
@@ -303,9 +304,11 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
         lines.append(f"   what its internals and interventions show ({n} held-out problems):")
         lines += _evidence(summary)
         if done.get("planted"):
-            from probes.planted import lines as planted_lines
+            from probes.planted import lines as planted_lines, patching_lines
 
             lines += planted_lines(done["planted"])
+            if done["planted"].get("patching"):
+                lines += patching_lines(done["planted"]["patching"])
             planted[name] = done["planted"]
         lines += verdict_lines(v, GROUND_TRUTH.get(name), PLANTED_LOCALISATION.get(name))
         lines.append(f"   report: {out / name / 'report.html'}\n")

@@ -137,6 +137,30 @@ def test_sweeps_equal_transformer_lens_with_a_padding_mask(ours, theirs):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("ours, theirs", SWEEPS)
+def test_several_metrics_and_a_subset_of_layers_equal_single_sweeps(uneven, ours, theirs):
+    # One sweep reading two metrics from the same patched passes gives each metric's own sweep, row for row.
+    model, clean, corrupt = uneven
+
+    def last(logits):
+        return logits[:, -1, 9].mean()
+
+    full = {"all": ours(model, clean, corrupt, _metric), "last": ours(model, clean, corrupt, last)}
+    both = ours(model, clean, corrupt, {"all": _metric, "last": last}, tokens_per_batch=9)
+    assert set(both) == {"all", "last"}
+    for k in both:
+        assert torch.allclose(both[k], full[k], atol=1e-5)
+    rows = ours(model, clean, corrupt, _metric, layers=[1])
+    assert rows.shape == full["all"][1:].shape and torch.allclose(rows, full["all"][1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [[], [2], [-1], [True], "0"])
+def test_a_bad_layer_list_is_refused(uneven, layers):
+    model, clean, corrupt = uneven
+    with pytest.raises(WorkbenchError, match="layers must be"):
+        resid_sweep(model, clean, corrupt, _metric, layers=layers)
+
+
 def test_a_site_patching_nothing_gives_the_corrupted_metric(uneven):
     model, clean, corrupt = uneven
     effect = resid_sweep(model, clean, corrupt, _metric)
