@@ -72,6 +72,9 @@ def test_demo_classifies_every_organism(tmp_path, capsys):
         assert f"== {name}" in out
     assert "not shipped" not in out
     assert "36+59=95" in out  # adder-direct answers 36+59 correctly
+    # the planted-mechanism organisms are also scored by patching against their planted site
+    assert out.count("activation patching of the whole residual stream against the planted site") == \
+        sum(r.iit is not None for r in RECIPES.values())
 
 
 # ---- the organisms added for the verdict vocabulary show their planted behaviour --------------------------------
