@@ -188,15 +188,15 @@ def _site_maps(model: HookedTransformer, clean, corrupt, iia, logprob, n_prompt:
     both) and the attribution estimate of the log-probability."""
     import torch
 
-    from workbench.patching import attribution_patching, resid_sweep
+    from workbench.patching import attribution_at, resid_sweep
 
     last = model.cfg.n_layers - 1
     pre = resid_sweep(model, clean, corrupt, {"iia": iia, "logprob": logprob})
     post = resid_sweep(model, clean, corrupt, {"iia": iia, "logprob": logprob}, where="resid_post", layers=[last])
     maps = {k: torch.cat([pre[k], post[k]]) for k in pre}
+    names = [f"blocks.{i}.hook_resid_pre" for i in range(model.cfg.n_layers)] + [f"blocks.{last}.hook_resid_post"]
     with torch.enable_grad():
-        maps["attribution"] = torch.cat([attribution_patching(model, clean, corrupt, logprob),
-                                         attribution_patching(model, clean, corrupt, logprob, "resid_post")[-1:]])
+        maps["attribution"] = attribution_at(model, clean, corrupt, logprob, names)  # one gradient for every row
     return {k: m.detach().numpy()[:, :n_prompt] for k, m in maps.items()}
 
 

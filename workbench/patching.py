@@ -258,7 +258,8 @@ def resid_sweep(
 
 
 def mlp_out_sweep(model, clean, corrupt, metric: Metric | dict[str, Metric], max_batch: int | None = None,
-                  tokens_per_batch: int | None = None, layers: Sequence[int] | None = None) -> Float[Tensor, "layer pos"]:
+                  tokens_per_batch: int | None = None, layers: Sequence[int] | None = None,
+                  ) -> Float[Tensor, "layer pos"] | dict[str, Float[Tensor, "layer pos"]]:
     """Patch each layer's MLP output at each position (= ``patching.get_act_patch_mlp_out``)."""
     n_pos = clean.shape[1]
     grid = [((p,), (n_pos,)) for p in range(n_pos)]
@@ -267,7 +268,8 @@ def mlp_out_sweep(model, clean, corrupt, metric: Metric | dict[str, Metric], max
 
 
 def head_sweep(model, clean, corrupt, metric: Metric | dict[str, Metric], max_batch: int | None = None,
-               tokens_per_batch: int | None = None, layers: Sequence[int] | None = None) -> Float[Tensor, "layer head"]:
+               tokens_per_batch: int | None = None, layers: Sequence[int] | None = None,
+               ) -> Float[Tensor, "layer head"] | dict[str, Float[Tensor, "layer head"]]:
     """Patch each head's output (``attn.hook_z``) at all positions (= ``get_act_patch_attn_head_out_all_pos``)."""
     h = model.cfg.n_heads
     grid = [((slice(None), i), (h,)) for i in range(h)]
@@ -276,7 +278,8 @@ def head_sweep(model, clean, corrupt, metric: Metric | dict[str, Metric], max_ba
 
 
 def head_by_pos_sweep(model, clean, corrupt, metric: Metric | dict[str, Metric], max_batch: int | None = None,
-                      tokens_per_batch: int | None = None, layers: Sequence[int] | None = None) -> Float[Tensor, "layer pos head"]:
+                      tokens_per_batch: int | None = None, layers: Sequence[int] | None = None,
+                      ) -> Float[Tensor, "layer pos head"] | dict[str, Float[Tensor, "layer pos head"]]:
     """Patch each head at each position (= ``get_act_patch_attn_head_out_by_pos``)."""
     n_pos, h = clean.shape[1], model.cfg.n_heads
     grid = [((p, i), (n_pos, h)) for p in range(n_pos) for i in range(h)]
@@ -331,8 +334,20 @@ def attribution_patching(
     estimate[layer, pos] = sum over batch and d_model of (clean - corrupt) * d metric / d act, at the corrupted
     run's activations; the metric is a mean over the batch, so the sum over batch matches a patch of all rows.
     """
-    names = [f"blocks.{layer}.hook_{where}" for layer in range(model.cfg.n_layers)]
-    return _attribution(model, clean, corrupt, metric, names, "batch pos d, batch pos d -> pos")
+    return attribution_at(model, clean, corrupt, metric,
+                          [f"blocks.{layer}.hook_{where}" for layer in range(model.cfg.n_layers)])
+
+
+def attribution_at(
+    model: HookedTransformer,
+    clean: Int[Tensor, "batch pos"],
+    corrupt: Int[Tensor, "batch pos"],
+    metric: Metric,
+    names: Sequence[str],
+) -> Float[Tensor, "hook pos"]:
+    """:func:`attribution_patching` at any ``[batch, pos, d]`` hooks, one row per name in that order, all from the
+    same forward and backward pass (e.g. every ``hook_resid_pre`` and the last ``hook_resid_post``)."""
+    return _attribution(model, clean, corrupt, metric, list(names), "batch pos d, batch pos d -> pos")
 
 
 def attribution_heads(

@@ -306,9 +306,7 @@ def run_demo(prompts: list[str] | None = None, n: int = 300, out: str | Path = "
         if done.get("planted"):
             from probes.planted import lines as planted_lines, patching_lines
 
-            lines += planted_lines(done["planted"])
-            if done["planted"].get("patching"):
-                lines += patching_lines(done["planted"]["patching"])
+            lines += planted_lines(done["planted"]) + patching_lines(done["planted"]["patching"])
             planted[name] = done["planted"]
         lines += verdict_lines(v, GROUND_TRUTH.get(name), PLANTED_LOCALISATION.get(name))
         lines.append(f"   report: {out / name / 'report.html'}\n")

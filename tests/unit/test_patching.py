@@ -13,6 +13,7 @@ from workbench.models.tokenizer import build_char_tokenizer
 from workbench.models.trainer import hooked_config
 from workbench.models.zoo import ArchConfig
 from workbench.patching import (
+    attribution_at,
     attribution_heads,
     attribution_patching,
     head_by_pos_sweep,
@@ -218,6 +219,18 @@ def test_spearman():
     assert spearman(a, a ** 3) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
     assert spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([0.0, 0.0, 5.0])) == pytest.approx(1.0)
+
+
+def test_attribution_at_mixed_hooks_equals_each_hooks_own_estimate(setup):
+    # Every resid_pre and the last resid_post from one gradient: row for row what attribution_patching gives.
+    model, clean, corrupt, _, metric = setup
+    last = model.cfg.n_layers - 1
+    names = [f"blocks.{i}.hook_resid_pre" for i in range(model.cfg.n_layers)] + [f"blocks.{last}.hook_resid_post"]
+    got = attribution_at(model, clean, corrupt, metric, names)
+    expected = torch.cat([attribution_patching(model, clean, corrupt, metric),
+                          attribution_patching(model, clean, corrupt, metric, "resid_post")[-1:]])
+    assert got.shape == (len(names), clean.shape[1])
+    torch.testing.assert_close(got, expected)
 
 
 def test_attribution_works_on_a_frozen_model_and_leaves_it_frozen(setup):
