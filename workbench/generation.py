@@ -1,4 +1,5 @@
-"""Batched greedy or sampled completion of prompts, through TransformerLens's ``generate``.
+"""Batched greedy or sampled completion of prompts, with TransformerLens's generation step (see
+:func:`_generate_batch`).
 
 By default prompts are grouped by token length, so no batch holds padding and a prompt's completion is bit for bit
 the same whether it is generated alone or in a batch. With ``padding="left"`` prompts of different lengths share
@@ -12,7 +13,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+import transformer_lens.utilities as tl_utils
+from jaxtyping import Int
 from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from workbench.errors import WorkbenchError
 from workbench.models.tokenizer import tokenize_prompts
@@ -77,17 +81,61 @@ def _generate(model: HookedTransformer, tokens: list[torch.Tensor], max_new_toke
     out: list[str] = [""] * len(tokens)
     for chunk, batch in _batches(model, tokens, batch_size, padding):
         padded = len({len(tokens[i]) for i in chunk}) > 1
-        gen = model.generate(
-            batch.to(model.cfg.device),
-            max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0,
-            temperature=max(temperature, 1e-8),
-            stop_at_eos=eos is not None,
-            verbose=False,
-            **({"padding_side": "left"} if padded else {}),  # where TransformerLens's mask looks for padding
-        )
-        for row, i in zip(gen[:, batch.shape[1]:].tolist(), chunk):
+        gen = _generate_batch(model, batch.to(model.cfg.device), max_new_tokens, temperature, eos, padded)
+        for row, i in zip(gen.tolist(), chunk):
             if eos is not None and eos in row:
                 row = row[: row.index(eos)]
             out[i] = model.tokenizer.decode(row, skip_special_tokens=True)
     return out
+
+
+def _generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos"], max_new_tokens: int,
+                    temperature: float, eos: int | None, padded: bool) -> Int[torch.Tensor, "batch new"]:
+    """The new tokens of ``batch`` (``eos`` after a row's end), computed as TransformerLens's ``generate`` does:
+    the same attention mask, positions, key-value cache and forward calls, and the same sampler on a tensor of
+    the whole batch's shape, so greedy tokens and a seeded sample's stream are TransformerLens's own. Two costs of
+    that loop are dropped: a row that has ended leaves the batch (its cache rows with it) instead of being run on
+    to the longest row's end, and each step embeds the new token only, not the whole sequence again. A forward
+    hook therefore sees the batch shrink as rows end."""
+    device = batch.device
+    tokenizer = model.tokenizer
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left" if padded else side  # where TransformerLens's mask looks for padding
+    try:
+        mask = tl_utils.get_attention_mask(tokenizer, batch, model.cfg.default_prepend_bos).to(device)
+    finally:
+        tokenizer.padding_side = side
+    n = batch.shape[0]
+    new = torch.full((n, max_new_tokens), eos if eos is not None else 0, dtype=batch.dtype, device=device)
+    alive = torch.arange(n, device=device)  # the batch rows still generating, in cache order
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, n)
+    model.eval()
+    residual, shortformer = model.get_residual(model.embed(batch), 0, attention_mask=mask, device=device)
+    for step in range(max_new_tokens):
+        logits = model.forward(residual, return_type="logits", past_kv_cache=cache, start_at_layer=0,
+                               shortformer_pos_embed=shortformer, attention_mask=mask)[:, -1, :]
+        if temperature > 0:
+            # The sampler draws its noise for the whole batch's shape, so each row's draw is the one it would get
+            # had no row left the batch; rows that have ended get a flat distribution and are not read.
+            full = torch.zeros((n, logits.shape[-1]), dtype=logits.dtype, device=device)
+            full[alive] = logits
+            sampled = tl_utils.sample_logits(full, temperature=temperature)[alive]
+        else:
+            sampled = logits.argmax(-1)
+        new[alive, step] = sampled
+        if step == max_new_tokens - 1:
+            break
+        if eos is not None:
+            running = sampled != eos
+            if not running.any():
+                break
+            if not running.all():
+                keep = running.nonzero().squeeze(1)
+                alive, sampled, mask = alive[keep], sampled[keep], mask[keep]
+                for entry in cache.entries:
+                    entry.past_keys, entry.past_values = entry.past_keys[keep], entry.past_values[keep]
+                cache.previous_attention_mask = cache.previous_attention_mask[keep]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        residual, shortformer = model.get_residual(model.embed(sampled[:, None]), cache.entries[0].past_keys.shape[1],
+                                                   attention_mask=mask, device=device)
+    return new

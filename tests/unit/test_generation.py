@@ -62,3 +62,43 @@ def test_left_padding_on_stories_of_many_lengths_matches_grouping():
                for i, p in enumerate(problems)]
     assert len({len(model.to_tokens(p)[0]) for p in prompts}) > 5
     assert complete(model, prompts, 64, padding="left") == complete(model, prompts, 64)
+
+
+def _transformer_lens_tokens(model, batch, max_new_tokens, temperature, padded):
+    """The new tokens of TransformerLens's own ``generate`` for one batch (the reference loop)."""
+    gen = model.generate(batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                         temperature=max(temperature, 1e-8), stop_at_eos=True, verbose=False,
+                         **({"padding_side": "left"} if padded else {}))
+    return gen[:, batch.shape[1]:]
+
+
+def ours_against_transformer_lens(model, prompts, max_new_tokens, temperature, padding, seed=0):
+    from workbench.generation import _batches, _generate_batch
+    from workbench.models.tokenizer import tokenize_prompts
+
+    tokens = tokenize_prompts(model, prompts, reserve=max_new_tokens)
+    eos = model.tokenizer.eos_token_id
+    for _, batch in _batches(model, tokens, 512, padding):
+        padded = padding == "left" and bool((batch == model.tokenizer.pad_token_id).any())
+        torch.manual_seed(seed)
+        ref = _transformer_lens_tokens(model, batch, max_new_tokens, temperature, padded)
+        torch.manual_seed(seed)
+        ours = _generate_batch(model, batch, max_new_tokens, temperature, eos, padded)
+        ours = ours[:, : ref.shape[1]]  # TransformerLens stops once every row has ended
+        assert torch.equal(ours, ref), (ours != ref).nonzero()[:5]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_loop_gives_transformer_lens_tokens_on_an_organism(temperature):
+    """Rows that end leave the batch and only the new token is embedded, yet greedy tokens and a seeded sample
+    are TransformerLens's own, unpadded and left-padded."""
+    from workbench.models.loader import load_model
+    from workbench.tasks import formats
+    from workbench.tasks.addition import sample_problems
+
+    model = load_model("adder-cot-faithful")
+    problems = sample_problems(48, (1, 2, 3), "test", seed=11)
+    prompts = [formats.problem_prompt(p) for p in problems] + ["hint:95 36+59=", "hint:7 3+4="]
+    for padding in ("none", "left"):
+        ours_against_transformer_lens(model, prompts, 48, temperature, padding, seed=4)
+

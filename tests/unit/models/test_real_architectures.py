@@ -326,3 +326,17 @@ def test_transformers_model_is_freed(tmp_path, monkeypatch):
     model = load_model(tmp_path / "m")
     gc.collect()
     assert model is not None and len(seen) == 1 and seen[0]() is None
+
+
+@pytest.mark.parametrize("case", ["gpt2", "llama3", "qwen2", "gemma2"])
+def test_generation_gives_transformer_lens_tokens(tmp_path, case):
+    """The workbench's generation loop (rows leave the batch as they end) against TransformerLens's ``generate``
+    on each architecture: left-padded prompts, greedy and seeded sampling."""
+    from tests.unit.test_generation import ours_against_transformer_lens
+
+    build, kw = CASES[case]
+    build(tmp_path / "m", **kw)
+    model = load_model(tmp_path / "m")
+    prompts = ["Tom has 3 apples.", "36+59=", "The answer is", "a b c d e f g h", "x"]
+    for temperature in (0.0, 1.0):
+        ours_against_transformer_lens(model, prompts, 16, temperature, "left", seed=2)
