@@ -166,23 +166,35 @@ class Batch:
     """True at completion tokens (the tokens the loss and the log-probs are over)."""
 
 
-def encode(model: HookedTransformer, prompts: Sequence[str], completions: Sequence[str], eos: bool = True) -> Batch:
-    """Right-padded ``prompt + completion (+ EOS)`` token ids, with the completion positions marked."""
+def encode_rows(model: HookedTransformer, prompts: Sequence[str], completions: Sequence[str], eos: bool = True
+                ) -> list[tuple[list[int], int]]:
+    """Per row, the token ids of ``prompt + completion (+ EOS)`` and the number of prompt tokens; a row longer
+    than the context is refused by its prompt."""
     tok = model.tokenizer
-    rows, masks = [], []
+    out = []
     for p, c in zip(prompts, completions):
         p_ids = model.to_tokens(p, truncate=False)[0].tolist()
         c_ids = tok(c, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos and tok.eos_token_id is not None else [])
         if len(p_ids) + len(c_ids) > model.cfg.n_ctx:
             raise WorkbenchError(f"prompt + completion of {len(p_ids) + len(c_ids)} tokens exceed the context "
                                  f"({model.cfg.n_ctx}): {p[:30]!r}")
-        rows.append(p_ids + c_ids)
-        masks.append([False] * len(p_ids) + [True] * len(c_ids))
-    width = max(map(len, rows))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.cfg.device)
-    mask = torch.tensor([m + [False] * (width - len(m)) for m in masks], device=model.cfg.device)
+        out.append((p_ids + c_ids, len(p_ids)))
+    return out
+
+
+def pad_rows(model: HookedTransformer, rows: Sequence[tuple[list[int], int]]) -> Batch:
+    """Right-padded rows of :func:`encode_rows`, with the completion positions marked."""
+    width = max(len(ids) for ids, _ in rows)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    tokens = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows], device=model.cfg.device)
+    mask = torch.tensor([[False] * n + [True] * (len(ids) - n) + [False] * (width - len(ids)) for ids, n in rows],
+                        device=model.cfg.device)
     return Batch(tokens, mask)
+
+
+def encode(model: HookedTransformer, prompts: Sequence[str], completions: Sequence[str], eos: bool = True) -> Batch:
+    """Right-padded ``prompt + completion (+ EOS)`` token ids, with the completion positions marked."""
+    return pad_rows(model, encode_rows(model, prompts, completions, eos))
 
 
 def _next_token_logprobs(model: nn.Module, batch: Batch) -> tuple[Float[Tensor, "batch pos"], Tensor]:

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from training.common import (
-    SFT_COLUMNS, MetricLog, check_finite, check_training_config, check_vocabulary, distributed, encode, load_rows,
-    start_run, token_logprobs,
+    SFT_COLUMNS, Batch, MetricLog, check_finite, check_training_config, check_vocabulary, distributed, encode,
+    encode_rows, load_rows, pad_rows, start_run, token_logprobs,
 )
 from workbench.errors import WorkbenchError
 from workbench.models.export import export_beside
@@ -66,10 +66,12 @@ def sft_loss(
     return loss, metrics
 
 
-def _step_loss(model: HookedTransformer, rows: list[dict], forward: nn.Module | None = None
+def _step_loss(model: HookedTransformer, rows: list[dict] | Batch, forward: nn.Module | None = None
                ) -> tuple[Tensor, dict[str, float]]:
-    """The loss on ``rows``; ``forward`` is what runs the tokens (the model, or DDP around it under torchrun)."""
-    batch = encode(model, [r["prompt"] for r in rows], [r["completion"] for r in rows])
+    """The loss on ``rows`` (or their encoded batch); ``forward`` is what runs the tokens (the model, or DDP
+    around it under torchrun)."""
+    batch = rows if isinstance(rows, Batch) else encode(model, [r["prompt"] for r in rows],
+                                                        [r["completion"] for r in rows])
     logp, logits = token_logprobs(forward or model, batch)
     correct = logits.argmax(-1) == batch.tokens
     return sft_loss(logp, batch.completion_mask, correct)
@@ -87,6 +89,9 @@ def train_sft(
     rows = load_rows(data, SFT_COLUMNS)
     model.requires_grad_(True)  # a model that served as a frozen reference elsewhere trains too
     check_vocabulary(model, rows, SFT_COLUMNS)
+    # Every row is tokenized once, before step 0 (a row too long for the context stops the run here, not at the
+    # step that first draws it); a step pads the rows it draws.
+    encoded = encode_rows(model, [r["prompt"] for r in rows], [r["completion"] for r in rows])
     out, ddp = Path(out_dir), distributed()
     state = out / "state"
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -104,7 +109,7 @@ def train_sft(
                          disable=not progress or not ddp.is_main):
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             idx = ddp.shard(torch.randint(len(rows), (min(cfg.batch_size, len(rows)),), generator=g).tolist())
-            loss, metrics = _step_loss(model, [rows[i] for i in idx], wrapped)
+            loss, metrics = _step_loss(model, pad_rows(model, [encoded[i] for i in idx]), wrapped)
             metrics = ddp.mean(metrics)  # the global batch's numbers
             check_finite(torch.as_tensor(metrics["loss"]), step, state, "SFT")
             opt.zero_grad(set_to_none=True)
