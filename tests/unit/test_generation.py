@@ -72,6 +72,7 @@ def _transformer_lens_tokens(model, batch, max_new_tokens, temperature, padded):
     return gen[:, batch.shape[1]:]
 
 
+@torch.inference_mode()
 def ours_against_transformer_lens(model, prompts, max_new_tokens, temperature, padding, seed=0):
     from workbench.generation import _batches, _generate_batch
     from workbench.models.tokenizer import tokenize_prompts
