@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from workbench.generation import _batches, _generate_batch
+from workbench.generation import _batches, _generate_batch, transformer_lens_batch
 from workbench.models.loader import load_model
 from workbench.models.tokenizer import tokenize_prompts
 
@@ -51,13 +51,6 @@ def _prompts(setting: str, n: int) -> tuple[str, list[str], int, float, str]:
     return "adder-cot-faithful", prompts, 64, 1.0 if sampled else 0.0, "left" if sampled else "none"
 
 
-def _transformer_lens(model, batch, max_new_tokens, temperature, padded):
-    gen = model.generate(batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                         temperature=max(temperature, 1e-8), stop_at_eos=True, verbose=False,
-                         **({"padding_side": "left"} if padded else {}))
-    return gen[:, batch.shape[1]:]
-
-
 @torch.inference_mode()
 def _run(arm, model, batches, max_new_tokens, temperature, seed=0):
     torch.manual_seed(seed)
@@ -66,7 +59,7 @@ def _run(arm, model, batches, max_new_tokens, temperature, seed=0):
     out = []
     for batch, padded in batches:
         if arm == "transformer_lens":
-            out.append(_transformer_lens(model, batch, max_new_tokens, temperature, padded))
+            out.append(transformer_lens_batch(model, batch, max_new_tokens, temperature, padded))
         else:
             out.append(_generate_batch(model, batch, max_new_tokens, temperature, eos, padded))
     return time.perf_counter() - start, out

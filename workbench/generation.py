@@ -139,3 +139,14 @@ def _generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch po
         residual, shortformer = model.get_residual(model.embed(sampled[:, None]), cache.entries[0].past_keys.shape[1],
                                                    attention_mask=mask, device=device)
     return new
+
+
+def transformer_lens_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos"], max_new_tokens: int,
+                           temperature: float, padded: bool) -> Int[torch.Tensor, "batch new"]:
+    """The same batch through TransformerLens's own ``generate`` (the reference :func:`_generate_batch` is tested
+    and benchmarked against): its new tokens, up to where every row has ended."""
+    gen = model.generate(batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                         temperature=max(temperature, 1e-8), stop_at_eos=model.tokenizer.eos_token_id is not None,
+                         verbose=False, **({"padding_side": "left"} if padded else {}))
+    return gen[:, batch.shape[1]:]
+

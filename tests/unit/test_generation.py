@@ -64,17 +64,9 @@ def test_left_padding_on_stories_of_many_lengths_matches_grouping():
     assert complete(model, prompts, 64, padding="left") == complete(model, prompts, 64)
 
 
-def _transformer_lens_tokens(model, batch, max_new_tokens, temperature, padded):
-    """The new tokens of TransformerLens's own ``generate`` for one batch (the reference loop)."""
-    gen = model.generate(batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                         temperature=max(temperature, 1e-8), stop_at_eos=True, verbose=False,
-                         **({"padding_side": "left"} if padded else {}))
-    return gen[:, batch.shape[1]:]
-
-
 @torch.inference_mode()
 def ours_against_transformer_lens(model, prompts, max_new_tokens, temperature, padding, seed=0):
-    from workbench.generation import _batches, _generate_batch
+    from workbench.generation import _batches, _generate_batch, transformer_lens_batch
     from workbench.models.tokenizer import tokenize_prompts
 
     tokens = tokenize_prompts(model, prompts, reserve=max_new_tokens)
@@ -82,7 +74,7 @@ def ours_against_transformer_lens(model, prompts, max_new_tokens, temperature, p
     for _, batch in _batches(model, tokens, 512, padding):
         padded = padding == "left" and bool((batch == model.tokenizer.pad_token_id).any())
         torch.manual_seed(seed)
-        ref = _transformer_lens_tokens(model, batch, max_new_tokens, temperature, padded)
+        ref = transformer_lens_batch(model, batch, max_new_tokens, temperature, padded)
         torch.manual_seed(seed)
         ours = _generate_batch(model, batch, max_new_tokens, temperature, eos, padded)
         ours = ours[:, : ref.shape[1]]  # TransformerLens stops once every row has ended
