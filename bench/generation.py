@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from workbench.generation import _batches, _generate_batch, transformer_lens_batch
+from workbench.generation import _batches, generate_batch, transformer_lens_batch
 from workbench.models.loader import load_model
 from workbench.models.tokenizer import tokenize_prompts
 
@@ -61,7 +61,7 @@ def _run(arm, model, batches, max_new_tokens, temperature, seed=0):
         if arm == "transformer_lens":
             out.append(transformer_lens_batch(model, batch, max_new_tokens, temperature, padded))
         else:
-            out.append(_generate_batch(model, batch, max_new_tokens, temperature, eos, padded))
+            out.append(generate_batch(model, batch, max_new_tokens, temperature, eos, padded))
     return time.perf_counter() - start, out
 
 

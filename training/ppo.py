@@ -36,6 +36,7 @@ from transformer_lens import HookedTransformer
 from training.common import Batch, Distributed, MetricLog, check_finite, check_training_config, distributed
 from workbench.resume import check_same_run
 from workbench.errors import NonFiniteLoss, WorkbenchError
+from workbench.generation import generate_batch
 from workbench.models.export import export_beside
 from workbench.models.checkpoint import save_checkpoint
 from workbench.models.tokenizer import tokenize_prompts
@@ -261,10 +262,10 @@ def sample(
     rows: list[tuple[list[int], list[int]]] = [([], [])] * len(ids)
     ended = torch.zeros(len(ids), dtype=torch.bool)
     for length, idx in sorted(groups.items()):
-        gen = model.generate(torch.stack([ids[i] for i in idx]), max_new_tokens=max_new_tokens, do_sample=True,
-                             temperature=temperature, stop_at_eos=True, verbose=False)
-        for i, completion in zip(idx, gen[:, length:].tolist()):
-            if eos in completion:  # generate pads finished rows with EOS: keep the first, drop the rest
+        gen = generate_batch(model, torch.stack([ids[i] for i in idx]).to(model.cfg.device), max_new_tokens,
+                             temperature, eos, padded=False)
+        for i, completion in zip(idx, gen.tolist()):
+            if eos in completion:  # finished rows are padded with EOS: keep the first, drop the rest
                 completion, ended[i] = completion[: completion.index(eos) + 1], True
             rows[i] = (ids[i].tolist(), completion)
     width, pad = max(len(p) + len(c) for p, c in rows), model.tokenizer.pad_token_id or 0

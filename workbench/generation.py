@@ -1,5 +1,5 @@
 """Batched greedy or sampled completion of prompts, with TransformerLens's generation step (see
-:func:`_generate_batch`).
+:func:`generate_batch`).
 
 By default prompts are grouped by token length, so no batch holds padding and a prompt's completion is bit for bit
 the same whether it is generated alone or in a batch. With ``padding="left"`` prompts of different lengths share
@@ -81,7 +81,7 @@ def _generate(model: HookedTransformer, tokens: list[torch.Tensor], max_new_toke
     out: list[str] = [""] * len(tokens)
     for chunk, batch in _batches(model, tokens, batch_size, padding):
         padded = len({len(tokens[i]) for i in chunk}) > 1
-        gen = _generate_batch(model, batch.to(model.cfg.device), max_new_tokens, temperature, eos, padded)
+        gen = generate_batch(model, batch.to(model.cfg.device), max_new_tokens, temperature, eos, padded)
         for row, i in zip(gen.tolist(), chunk):
             if eos is not None and eos in row:
                 row = row[: row.index(eos)]
@@ -89,7 +89,7 @@ def _generate(model: HookedTransformer, tokens: list[torch.Tensor], max_new_toke
     return out
 
 
-def _generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos"], max_new_tokens: int,
+def generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos"], max_new_tokens: int,
                     temperature: float, eos: int | None, padded: bool) -> Int[torch.Tensor, "batch new"]:
     """The new tokens of ``batch`` (``eos`` after a row's end), computed as TransformerLens's ``generate`` does:
     the same attention mask, positions, key-value cache and forward calls, and the same sampler on a tensor of
@@ -143,7 +143,7 @@ def _generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch po
 
 def transformer_lens_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos"], max_new_tokens: int,
                            temperature: float, padded: bool) -> Int[torch.Tensor, "batch new"]:
-    """The same batch through TransformerLens's own ``generate`` (the reference :func:`_generate_batch` is tested
+    """The same batch through TransformerLens's own ``generate`` (the reference :func:`generate_batch` is tested
     and benchmarked against): its new tokens, up to where every row has ended."""
     gen = model.generate(batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                          temperature=max(temperature, 1e-8), stop_at_eos=model.tokenizer.eos_token_id is not None,

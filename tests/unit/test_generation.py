@@ -66,7 +66,7 @@ def test_left_padding_on_stories_of_many_lengths_matches_grouping():
 
 @torch.inference_mode()
 def ours_against_transformer_lens(model, prompts, max_new_tokens, temperature, padding, seed=0):
-    from workbench.generation import _batches, _generate_batch, transformer_lens_batch
+    from workbench.generation import _batches, generate_batch, transformer_lens_batch
     from workbench.models.tokenizer import tokenize_prompts
 
     tokens = tokenize_prompts(model, prompts, reserve=max_new_tokens)
@@ -76,7 +76,7 @@ def ours_against_transformer_lens(model, prompts, max_new_tokens, temperature, p
         torch.manual_seed(seed)
         ref = transformer_lens_batch(model, batch, max_new_tokens, temperature, padded)
         torch.manual_seed(seed)
-        ours = _generate_batch(model, batch, max_new_tokens, temperature, eos, padded)
+        ours = generate_batch(model, batch, max_new_tokens, temperature, eos, padded)
         ours = ours[:, : ref.shape[1]]  # TransformerLens stops once every row has ended
         assert torch.equal(ours, ref), (ours != ref).nonzero()[:5]
 
