@@ -90,7 +90,7 @@ def _generate(model: HookedTransformer, tokens: list[torch.Tensor], max_new_toke
 
 
 def generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos"], max_new_tokens: int,
-                    temperature: float, eos: int | None, padded: bool) -> Int[torch.Tensor, "batch new"]:
+                   temperature: float, eos: int | None, padded: bool) -> Int[torch.Tensor, "batch new"]:
     """The new tokens of ``batch`` (``eos`` after a row's end), computed as TransformerLens's ``generate`` does:
     the same attention mask, positions, key-value cache and forward calls, and the same sampler on a tensor of
     the whole batch's shape, so greedy tokens and a seeded sample's stream are TransformerLens's own. Two costs of
