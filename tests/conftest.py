@@ -6,8 +6,13 @@ thread count (bit-for-bit training) set it themselves and restore it.
 """
 
 import os
+import tempfile
 
 import torch
+
+# What the explorer stores on disk (claims references) goes to a directory of this run, not the checkout's runs/;
+# set before any test starts a server, so the subprocesses inherit it.
+os.environ.setdefault("WORKBENCH_EXPLORER_CACHE", tempfile.mkdtemp(prefix="workbench-explorer-"))
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))

@@ -27,7 +27,6 @@ from apps.common import (
 )
 from probes.faithfulness.per_prompt import (
     REFERENCE_N,
-    build_reference,
     describe,
     digit_sources,
     mark_claims,
@@ -37,6 +36,7 @@ from probes.faithfulness.per_prompt import (
     shape_of,
     sources_sentence,
 )
+from probes.faithfulness.reference_store import reference_root, stored_reference
 from apps.verdict_view import get, interval, read_study, show_study
 from workbench.errors import WorkbenchError
 from workbench.models.zoo import RECIPES, task_of
@@ -76,7 +76,8 @@ def reference_list(shape: tuple[int, int], n: int) -> list:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def reference_for(spec: str, stamp: int, shape: tuple[int, int], source: str, exclude):
-    return build_reference(load(spec), shape, source, exclude, REFERENCE_N)
+    # Kept on disk too (keyed by the weights, the code and these arguments): a restarted explorer reads it back.
+    return stored_reference(load(spec), shape, source, exclude, reference_root(), REFERENCE_N)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
