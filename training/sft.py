@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from training.common import (
-    SFT_COLUMNS, Batch, MetricLog, check_finite, check_training_config, check_vocabulary, distributed, encode,
+    SFT_COLUMNS, Batch, MetricLog, check_finite, check_training_config, check_vocabulary, distributed,
     encode_rows, load_rows, pad_rows, start_run, token_logprobs,
 )
 from workbench.errors import WorkbenchError
@@ -66,12 +66,9 @@ def sft_loss(
     return loss, metrics
 
 
-def _step_loss(model: HookedTransformer, rows: list[dict] | Batch, forward: nn.Module | None = None
+def _step_loss(model: HookedTransformer, batch: Batch, forward: nn.Module | None = None
                ) -> tuple[Tensor, dict[str, float]]:
-    """The loss on ``rows`` (or their encoded batch); ``forward`` is what runs the tokens (the model, or DDP
-    around it under torchrun)."""
-    batch = rows if isinstance(rows, Batch) else encode(model, [r["prompt"] for r in rows],
-                                                        [r["completion"] for r in rows])
+    """The loss on ``batch``; ``forward`` is what runs the tokens (the model, or DDP around it under torchrun)."""
     logp, logits = token_logprobs(forward or model, batch)
     correct = logits.argmax(-1) == batch.tokens
     return sft_loss(logp, batch.completion_mask, correct)

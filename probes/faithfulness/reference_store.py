@@ -16,7 +16,6 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
