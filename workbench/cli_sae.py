@@ -284,17 +284,25 @@ def cmd_circuit_study(args: argparse.Namespace) -> int:
     from probes.circuit_study import group_shares, run_circuit_study
     from workbench.io import write_json, write_parquet
     from workbench.models.loader import load_model
+    from workbench.models.zoo import RECIPES
     from workbench.saes import load_transcoders
     from workbench.tasks.addition import Problem, sample_operands
 
     import numpy as np
 
+    recipe = RECIPES.get(args.model)
+    if args.planted and (recipe is None or recipe.iit is None):
+        planted = ", ".join(n for n, r in RECIPES.items() if r.iit is not None)
+        raise WorkbenchError(f"--planted needs an organism with a planted mechanism ({planted}); "
+                             f"{args.model} has none")
     model = load_model(args.model, allow_mismatch=args.allow_mismatch)
     transcoders = load_transcoders(_transcoder_dir(args), model)
     rng = np.random.default_rng(args.seed)
     a, b = sample_operands(args.n, (args.digits,), "test", rng)
     problems = [Problem(int(x), int(y)) for x, y in zip(a, b)]
-    cot = args.cot if args.cot is not None else args.model != "adder-direct"
+    # default: continue from the model's CoT unless its recipe trains direct answers (adder-direct and kin)
+    direct = recipe is not None and any(kind == "direct" for kind, _ in recipe.mix)
+    cot = args.cot if args.cot is not None else not (direct or args.model == "adder-direct")
     study = run_circuit_study(model, transcoders, problems, cot=cot)
     rows = study.pop("rows")
     study["grouped_by_column"] = {col: group_shares(sh, col) for col, sh in study["shares_by_column"].items()}
@@ -303,6 +311,13 @@ def cmd_circuit_study(args: argparse.Namespace) -> int:
     print(json.dumps({k: study[k] for k in ("n_graphs", "skipped_wrong_prediction", "replacement_mean",
                                             "completeness_mean", "seconds_per_graph", "grouped_by_column")},
                      indent=2))
+    if args.planted:
+        from probes.planted_graphs import feature_tracking, graph_localisation, lines
+
+        graphs = graph_localisation(model, transcoders, recipe, n=args.n, seed=args.seed)
+        features = feature_tracking(model, transcoders, recipe, n=args.planted_n, seed=args.seed + 1)
+        write_json(args.out / "planted.json", {"model": args.model, "graphs": graphs, "features": features})
+        print("\n".join(lines(graphs, features)))
     return 0
 
 
@@ -404,5 +419,10 @@ def register(sub, positive_int, positive_float) -> None:
     st.add_argument("--cot", action=argparse.BooleanOptionalAction, default=None,
                     help="continue from the model's own CoT (default: all but adder-direct)")
     st.add_argument("--seed", type=_seed, default=0)
+    st.add_argument("--planted", action="store_true",
+                    help="also score the graphs and transcoder features against the organism's planted mechanism "
+                         "(3-digit problems; planted.json)")
+    st.add_argument("--planted-n", type=positive_int, default=600,
+                    help="problems for the feature-tracking part of --planted")
     st.add_argument("--out", type=_path, required=True)
     st.set_defaults(fn=cmd_circuit_study)

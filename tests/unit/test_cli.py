@@ -123,6 +123,7 @@ def test_lens_probe_and_patch_commands(ckpt, tmp_path, capsys):
         (["patch", "{ckpt}", "--clean", "12+34=", "--out", "{tmp}/q"], "go together"),
         (["patch", "{ckpt}", "--clean", "12+34=", "--corrupt", "12+345=", "--out", "{tmp}/q"], "one token length"),
         (["tuned-lens", "{ckpt}", "--cache", "{tmp}", "--out", "{tmp}/t"], "manifest"),
+        (["circuit-study", "adder-direct", "--planted", "--out", "{tmp}/c"], "planted mechanism (adder-direct-carry"),
     ],
 )
 def test_toolkit_commands_bad_input(ckpt, tmp_path, capsys, argv, expected):
