@@ -379,15 +379,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    import subprocess
+    from apps.warm import serve
 
-    import apps
-
-    explorer = Path(apps.__file__).parent / "explorer.py"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(explorer), "--server.port", str(args.port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    print(f"workbench explorer on http://localhost:{args.port}  (Ctrl-C stops it)", file=sys.stderr)
-    return subprocess.call(cmd)
+    print(f"workbench explorer on http://{args.address or 'localhost'}:{args.port}  (Ctrl-C stops it)",
+          file=sys.stderr)
+    serve(args.port, args.address, warm_first=not args.no_warm)
+    return 0
 
 
 def cmd_tasks_export(args: argparse.Namespace) -> int:
@@ -574,8 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-resume", action="store_true", help="start from step 0 even if OUT holds a checkpoint")
     tr.set_defaults(fn=cmd_train)
 
-    ap = sub.add_parser("app", help="the Streamlit explorer (streamlit run apps/explorer.py)")
+    ap = sub.add_parser("app", help="the Streamlit explorer (apps/explorer.py), its landing page rendered once "
+                                    "before it listens")
     ap.add_argument("--port", type=_port, default=8501)
+    ap.add_argument("--address", help="the address to listen on (default: Streamlit's, every interface)")
+    ap.add_argument("--no-warm", action="store_true",
+                    help="listen at once; the first visitor then waits for the imports, the organism and its "
+                         "claims reference")
     ap.set_defaults(fn=cmd_app)
 
     df = sub.add_parser("diff", help="what changed from BASE to TUNED: weights, next-token KL, residual stream, and "

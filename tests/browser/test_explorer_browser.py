@@ -1,6 +1,7 @@
 """The explorer in a real browser: headless chromium (Debian's ``chromium`` + ``chromium-driver``) driven by Selenium.
 
-Starts ``streamlit run apps/explorer.py`` on a free localhost port, opens it, visits every page listed in the
+Starts the explorer with ``workbench app`` (the landing page rendered once in the server's process before it
+listens) on a free localhost port, opens it, visits every page listed in the
 sidebar navigation (so new pages are covered without editing this file), waits for each to finish running,
 checks that no exception or error is shown on the default inputs, and saves a screenshot per page. Then it checks
 what a researcher reads off the pages: on "Stated vs internal" (the first page) a stated-vs-internal mark and a
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 EXPLORER = ROOT / "apps" / "explorer.py"
 WINDOW = (1400, 1000)
-SERVER_TIMEOUT = 120  # seconds for `streamlit run` to answer
+SERVER_TIMEOUT = 240  # seconds for `workbench app` to answer (it renders the landing page first)
 PAGE_TIMEOUT = 180  # seconds for one page (the first loads the organism; Probes runs a sweep)
 QUIET = 1.5  # seconds the page must stay idle (see BUSY) to count as finished
 MAX_SHOT_HEIGHT = 3000  # screenshots show the whole page up to this many pixels
@@ -71,9 +72,8 @@ def server(tmp_path_factory):
     _browser_paths()  # skip before starting anything
     port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(EXPLORER), "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
+    # as a user starts it: `workbench app`, which renders the landing page once before it listens
+    cmd = [sys.executable, "-m", "workbench.cli", "app", "--port", str(port), "--address", "127.0.0.1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     with open(log, "wb") as fh:
