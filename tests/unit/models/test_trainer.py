@@ -98,3 +98,23 @@ def test_digest_of_bf16_weights():
 
     model = tiny_model()
     assert weights_sha256(model.to(torch.bfloat16)) != weights_sha256(tiny_model())
+
+
+def test_a_bf16_recipe_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch, caplog):
+    import logging
+
+    from workbench.models import trainer
+    from workbench.models.zoo import RECIPES
+
+    bf16 = next(r for r in RECIPES.values() if r.train.bf16_autocast)
+    monkeypatch.setattr(trainer, "native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="workbench.models.trainer"):
+        trainer._warn_emulated_bf16(bf16)
+        trainer._warn_emulated_bf16(RECIPES["adder-cot-faithful"])  # float32: nothing to say
+    assert len(caplog.records) == 1 and "no native bfloat16" in caplog.records[0].getMessage()
+
+
+def test_native_bf16_answers_a_bool():
+    from workbench.models.trainer import native_bf16
+
+    assert native_bf16() in (True, False)
