@@ -398,8 +398,9 @@ def native_bf16() -> bool:
 def _warn_emulated_bf16(recipe: Recipe) -> None:
     if recipe.train.bf16_autocast and not native_bf16():
         log.warning("%s trains under bf16 autocast, and this CPU (%s) has no native bfloat16: each step will run "
-                    "tens of times slower than on the machines its card was measured on. Its weights still follow "
-                    "from the recipe; a machine with AVX512-BF16 or AMX trains it in the card's time.",
+                    "tens of times slower than on the machine its card was measured on (AVX512-BF16), and emulated "
+                    "kernels may not reproduce its weights bit for bit; a CPU with AVX512-BF16 or AMX trains it in "
+                    "the card's time.",
                     recipe.name, torch.backends.cpu.get_cpu_capability())
 
 
