@@ -571,13 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-resume", action="store_true", help="start from step 0 even if OUT holds a checkpoint")
     tr.set_defaults(fn=cmd_train)
 
-    ap = sub.add_parser("app", help="the Streamlit explorer (apps/explorer.py), its landing page rendered once "
-                                    "before it listens")
+    ap = sub.add_parser("app", help="the Streamlit explorer (apps/explorer.py), every page rendered once before "
+                                    "it listens")
     ap.add_argument("--port", type=_port, default=8501)
     ap.add_argument("--address", help="the address to listen on (default: Streamlit's, every interface)")
     ap.add_argument("--no-warm", action="store_true",
-                    help="listen at once; the first visitor then waits for the imports, the organism and its "
-                         "claims reference")
+                    help="listen at once; the first visitor then waits for the imports, the organism, its "
+                         "claims reference and each page's first computation")
     ap.set_defaults(fn=cmd_app)
 
     df = sub.add_parser("diff", help="what changed from BASE to TUNED: weights, next-token KL, residual stream, and "
