@@ -17,10 +17,12 @@ circuit-tracer treats its MLP output as a constant; a model without BOS has node
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import math
 import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -407,7 +409,10 @@ def start_frontend(directory: str | Path | None = None, port: int = 0):
     :func:`write_graph_json` show up on reload at ``http://localhost:<port>/index.html?slug=<slug>``."""
     import socket
 
-    directory = Path(tempfile.mkdtemp(prefix="workbench-graphs-")) if directory is None else Path(directory)
+    if directory is None:  # ours: removed when the process ends
+        directory = Path(tempfile.mkdtemp(prefix="workbench-graphs-"))
+        atexit.register(shutil.rmtree, directory, True)
+    directory = Path(directory)
     if not (directory / GRAPH_INDEX).is_file():
         directory.mkdir(parents=True, exist_ok=True)
         write_json(directory / GRAPH_INDEX, {"graphs": []})
