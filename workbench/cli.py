@@ -379,8 +379,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
+    import socket
+
     from apps.warm import serve
 
+    with socket.socket() as s:  # refuse a taken port before the warm-up, not after it
+        try:
+            s.bind((args.address or "", args.port))
+        except OSError as e:
+            raise WorkbenchError(f"cannot listen on {args.address or 'every interface'}, port {args.port} "
+                                 f"({e.strerror or e}); is another server using it? choose a free one with "
+                                 "--port") from None
     print(f"workbench explorer on http://{args.address or 'localhost'}:{args.port}  (Ctrl-C stops it)",
           file=sys.stderr)
     serve(args.port, args.address, warm_first=not args.no_warm)

@@ -159,3 +159,15 @@ def test_export_writes_a_transformers_directory(tmp_path, capsys):
     assert main(["export", "adder-direct", "--out", str(tmp_path / "hf")]) == 0
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert cfg["model_type"] == "gpt2" and (tmp_path / "hf" / "tokenizer.json").is_file()
+
+
+def test_app_on_a_taken_port_says_so_before_warming_up(capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["app", "--port", str(port), "--address", "127.0.0.1"]) == 2
+    line = _error_line(capsys)
+    assert f"port {port}" in line and "--port" in line
