@@ -37,3 +37,19 @@ def test_features_at_the_site_track_the_planted_variables_above_the_noise_floor(
         for var in (al.variable for al in args[2].iit.alignments):
             v = result["variables"][var]
             assert v["planted"] and v["at_site_writer"]["score"] > 3 * v["shuffled_floor"]
+
+
+def test_circuit_study_planted_writes_the_scores_beside_the_study(tmp_path, capsys):
+    import json
+
+    from workbench.cli import main
+
+    out = tmp_path / "cs"
+    assert main(["circuit-study", "adder-direct-parallel", "--n", "1", "--digits", "3", "--planted",
+                 "--planted-n", "100", "--out", str(out)]) == 0
+    saved = json.loads((out / "planted.json").read_text())
+    assert saved["graphs"]["site"] == {"mlp_layer": 1, "position": 8, "token": "="}
+    assert {"magnitude", "ones", "carry0", "carry1"} == set(saved["features"]["variables"])
+    study = json.loads((out / "study.json").read_text())
+    assert study["cot"] is False  # a direct answerer: its graphs start at the prompt, not after a CoT
+    assert "attribution graphs against the site's writer" in capsys.readouterr().out
