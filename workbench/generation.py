@@ -15,11 +15,55 @@ from collections import defaultdict
 import torch
 import transformer_lens.utilities as tl_utils
 from jaxtyping import Int
+from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from workbench.errors import WorkbenchError
 from workbench.models.tokenizer import tokenize_prompts
+
+
+class _HeadMajorEntry:
+    """A key-value cache entry in the layout TransformerLens's attention reads it in, allocated once for the
+    whole generation: keys as ``[batch, head, d_head, length]`` and values as ``[batch, head, length, d_head]``.
+
+    TransformerLens's own entry concatenates the whole cache with each new token, and its attention then
+    rearranges keys and values to those layouts, which ``matmul`` copies to contiguous memory every step. Here a
+    step writes one position, and ``past_keys`` / ``past_values`` are views of the buffers in the
+    ``[batch, pos, head, d_head]`` order TransformerLens expects, so its rearrange lands on the buffers' own layout
+    and the matmuls read them in place. The values are the same numbers, so the tokens are the same (tested
+    against TransformerLens's ``generate``)."""
+
+    frozen = False
+
+    def __init__(self, like: Tensor, length: int):
+        b, _, h, d = like.shape
+        self.keys = like.new_empty((b, h, d, length))
+        self.values = like.new_empty((b, h, length, d))
+        self.size = 0
+
+    @property
+    def past_keys(self) -> Tensor:
+        return self.keys[..., : self.size].permute(0, 3, 1, 2)
+
+    @property
+    def past_values(self) -> Tensor:
+        return self.values[:, :, : self.size].permute(0, 2, 1, 3)
+
+    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
+        end = self.size + new_keys.shape[1]
+        self.keys[..., self.size : end] = new_keys.permute(0, 2, 3, 1)
+        self.values[:, :, self.size : end] = new_values.permute(0, 2, 1, 3)
+        self.size = end
+        return self.past_keys, self.past_values
+
+    def keep(self, rows: Tensor) -> None:
+        """Only ``rows`` of the batch go on (the used positions are copied, not the whole buffers)."""
+        keys, values = self.keys.new_empty((len(rows), *self.keys.shape[1:])), self.values.new_empty(
+            (len(rows), *self.values.shape[1:]))
+        keys[..., : self.size] = self.keys[rows, ..., : self.size]
+        values[:, :, : self.size] = self.values[rows, :, : self.size]
+        self.keys, self.values = keys, values
 
 
 @torch.inference_mode()
@@ -96,7 +140,8 @@ def generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos
     the whole batch's shape, so greedy tokens and a seeded sample's stream are TransformerLens's own. Two costs of
     that loop are dropped: a row that has ended leaves the batch (its cache rows with it) instead of being run on
     to the longest row's end, and each step embeds the new token only, not the whole sequence again. A forward
-    hook therefore sees the batch shrink as rows end."""
+    hook therefore sees the batch shrink as rows end. The key-value cache is allocated once, in the layout the
+    attention reads (:class:`_HeadMajorEntry`), instead of being concatenated and copied every step."""
     device = batch.device
     tokenizer = model.tokenizer
     side = tokenizer.padding_side
@@ -109,6 +154,7 @@ def generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos
     new = torch.full((n, max_new_tokens), eos if eos is not None else 0, dtype=batch.dtype, device=device)
     alive = torch.arange(n, device=device)  # the batch rows still generating, in cache order
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, n)
+    cache.entries = [_HeadMajorEntry(e.past_keys, batch.shape[1] + max_new_tokens) for e in cache.entries]
     model.eval()
     residual, shortformer = model.get_residual(model.embed(batch), 0, attention_mask=mask, device=device)
     for step in range(max_new_tokens):
@@ -133,7 +179,7 @@ def generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos
                 keep = running.nonzero().squeeze(1)
                 alive, sampled, mask = alive[keep], sampled[keep], mask[keep]
                 for entry in cache.entries:
-                    entry.past_keys, entry.past_values = entry.past_keys[keep], entry.past_values[keep]
+                    entry.keep(keep)
                 cache.previous_attention_mask = cache.previous_attention_mask[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         residual, shortformer = model.get_residual(model.embed(sampled[:, None]), cache.entries[0].past_keys.shape[1],
