@@ -106,3 +106,17 @@ def test_training_curves_are_plotted_from_the_metric_log(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(WorkbenchError, match="no metrics"):
         plot_metrics(tmp_path / "empty.jsonl")
+
+
+def test_encode_rows_is_the_per_row_encoding():
+    from training.common import encode_rows
+    from workbench.models.loader import load_model
+
+    model = load_model("adder-cot-posthoc")
+    tok = model.tokenizer
+    prompts, completions = ["36+59=", "", "hint:7 1+2="], [" 6+9+0=15 3+5+1=09 ans 95", "x", ""]
+    expected = []
+    for p, c in zip(prompts, completions):
+        p_ids = model.to_tokens(p, truncate=False)[0].tolist()
+        expected.append((p_ids + tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], len(p_ids)))
+    assert encode_rows(model, prompts, completions) == expected
