@@ -30,7 +30,7 @@ from transformer_lens import HookedTransformer
 from workbench.errors import NonFiniteLoss, WorkbenchError
 from workbench.resume import check_same_run
 from workbench.io import write_json
-from workbench.models.tokenizer import is_char_tokenizer, tokenize_prompts, vocabulary_chars
+from workbench.models.tokenizer import is_char_tokenizer, prompt_ids, vocabulary_chars
 from workbench.models.trainer import check_config, deterministic_cpu, last_good_checkpoint
 
 SFT_COLUMNS = ("prompt", "completion")
@@ -173,11 +173,11 @@ def encode_rows(model: HookedTransformer, prompts: Sequence[str], completions: S
     tok = model.tokenizer
     prompts, completions = list(prompts), list(completions)
     # two batched tokenizer calls, not two per row: the prompts as to_tokens gives them (BOS and all)
-    prompt_ids = [t.tolist() for t in tokenize_prompts(model, prompts)]
+    p_all = prompt_ids(model, prompts)
     end = [tok.eos_token_id] if eos and tok.eos_token_id is not None else []
     completion_ids = tok(completions, add_special_tokens=False)["input_ids"] if completions else []
     out = []
-    for p, p_ids, c_ids in zip(prompts, prompt_ids, completion_ids):
+    for p, p_ids, c_ids in zip(prompts, p_all, completion_ids):
         c_ids = c_ids + end
         if len(p_ids) + len(c_ids) > model.cfg.n_ctx:
             raise WorkbenchError(f"prompt + completion of {len(p_ids) + len(c_ids)} tokens exceed the context "

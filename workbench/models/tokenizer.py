@@ -136,6 +136,13 @@ def tokenize_prompts(model: HookedTransformer, prompts: list[str], reserve: int 
     One batched tokenizer call instead of one ``to_tokens`` per prompt (per-prompt calls cost more than the forward
     pass of a small model); the BOS ``to_tokens`` would prepend is learnt from the first prompt and checked.
     """
+    import torch  # here, not at module level: the tokenizer module stays importable without torch's start-up cost
+
+    return [torch.tensor(ids, dtype=torch.long, device=model.cfg.device) for ids in prompt_ids(model, prompts, reserve)]
+
+
+def prompt_ids(model: HookedTransformer, prompts: list[str], reserve: int = 0) -> list[list[int]]:
+    """:func:`tokenize_prompts` as lists of ids (for a caller that concatenates them with more tokens)."""
     for bad in prompts:
         if not isinstance(bad, str):
             raise WorkbenchError(f"prompts must be strings, got {type(bad).__name__}: {bad!r}")
@@ -151,8 +158,6 @@ def tokenize_prompts(model: HookedTransformer, prompts: list[str], reserve: int 
     prefix = first[: len(first) - len(plain[0])]
     if first[len(prefix):] != plain[0]:  # a tokenizer whose special tokens are not a plain prefix: the slow path
         plain, prefix = [model.to_tokens(p, truncate=False)[0].tolist() for p in prompts], []
-    import torch  # here, not at module level: the tokenizer module stays importable without torch's start-up cost
-
     out = []
     for prompt, ids in zip(prompts, plain):
         n = len(prefix) + len(ids)
@@ -160,7 +165,7 @@ def tokenize_prompts(model: HookedTransformer, prompts: list[str], reserve: int 
             more = f"; with {reserve} tokens to generate it needs {n + reserve} positions" if reserve else ""
             raise WorkbenchError(f"prompt {prompt[:40]!r} is {n} tokens{more}, longer than the context: "
                                  f"the model's context is {model.cfg.n_ctx}")
-        out.append(torch.tensor(prefix + ids, dtype=torch.long, device=model.cfg.device))
+        out.append(prefix + ids)
     return out
 
 
