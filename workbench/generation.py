@@ -138,9 +138,9 @@ def generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos
     """The new tokens of ``batch`` (``eos`` after a row's end), computed as TransformerLens's ``generate`` does:
     the same attention mask, positions, key-value cache and forward calls, and the same sampler on a tensor of
     the whole batch's shape, so greedy tokens and a seeded sample's stream are TransformerLens's own. Two costs of
-    that loop are dropped: a row that has ended leaves the batch (its cache rows with it) instead of being run on
-    to the longest row's end, and each step embeds the new token only, not the whole sequence again. A forward
-    hook therefore sees the batch shrink as rows end. The key-value cache is allocated once, in the layout the
+    that loop are dropped: rows that have ended leave the batch (their cache rows with them) once they are a
+    quarter of it, instead of being run on to the longest row's end, and each step embeds the new token only, not
+    the whole sequence again. A forward hook therefore sees the batch shrink as rows end. The key-value cache is allocated once, in the layout the
     attention reads (:class:`_HeadMajorEntry`), instead of being concatenated and copied every step."""
     device = batch.device
     tokenizer = model.tokenizer
@@ -157,27 +157,30 @@ def generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos
     cache.entries = [_HeadMajorEntry(e.past_keys, batch.shape[1] + max_new_tokens) for e in cache.entries]
     model.eval()
     residual, shortformer = model.get_residual(model.embed(batch), 0, attention_mask=mask, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)  # rows of the cache that have ended, not yet dropped
     for step in range(max_new_tokens):
         logits = model.forward(residual, return_type="logits", past_kv_cache=cache, start_at_layer=0,
                                shortformer_pos_embed=shortformer, attention_mask=mask)[:, -1, :]
         if temperature > 0:
             # The sampler draws its noise for the whole batch's shape, so each row's draw is the one it would get
-            # had no row left the batch; rows that have ended get a flat distribution and are not read.
+            # had no row left the batch; rows that have left get a flat distribution, and no ended row is read.
             full = torch.zeros((n, logits.shape[-1]), dtype=logits.dtype, device=device)
             full[alive] = logits
             sampled = tl_utils.sample_logits(full, temperature=temperature)[alive]
         else:
             sampled = logits.argmax(-1)
-        new[alive, step] = sampled
+        new[alive[~done], step] = sampled[~done]
         if step == max_new_tokens - 1:
             break
         if eos is not None:
-            running = sampled != eos
-            if not running.any():
+            done = done | (sampled == eos)
+            if done.all():
                 break
-            if not running.all():
-                keep = running.nonzero().squeeze(1)
-                alive, sampled, mask = alive[keep], sampled[keep], mask[keep]
+            # Ended rows leave the batch once they are a quarter of it: dropping them one step at a time would
+            # copy the cache nearly every step, keeping them all would run them to the longest row's end.
+            if 4 * int(done.sum()) >= len(done):
+                keep = (~done).nonzero().squeeze(1)
+                alive, sampled, mask, done = alive[keep], sampled[keep], mask[keep], done[keep]
                 for entry in cache.entries:
                     entry.keep(keep)
                 cache.previous_attention_mask = cache.previous_attention_mask[keep]
