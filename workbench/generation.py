@@ -51,6 +51,8 @@ class _HeadMajorEntry:
         return self.values[:, :, : self.size].permute(0, 2, 1, 3)
 
     def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
+        if self.frozen:  # as TransformerLens's entry: the keys and values with the new ones, nothing stored
+            return (torch.cat([self.past_keys, new_keys], dim=1), torch.cat([self.past_values, new_values], dim=1))
         end = self.size + new_keys.shape[1]
         self.keys[..., self.size : end] = new_keys.permute(0, 2, 3, 1)
         self.values[:, :, self.size : end] = new_values.permute(0, 2, 1, 3)
@@ -137,11 +139,12 @@ def generate_batch(model: HookedTransformer, batch: Int[torch.Tensor, "batch pos
                    temperature: float, eos: int | None, padded: bool) -> Int[torch.Tensor, "batch new"]:
     """The new tokens of ``batch`` (``eos`` after a row's end), computed as TransformerLens's ``generate`` does:
     the same attention mask, positions, key-value cache and forward calls, and the same sampler on a tensor of
-    the whole batch's shape, so greedy tokens and a seeded sample's stream are TransformerLens's own. Two costs of
-    that loop are dropped: rows that have ended leave the batch (their cache rows with them) once they are a
-    quarter of it, instead of being run on to the longest row's end, and each step embeds the new token only, not
-    the whole sequence again. A forward hook therefore sees the batch shrink as rows end. The key-value cache is allocated once, in the layout the
-    attention reads (:class:`_HeadMajorEntry`), instead of being concatenated and copied every step."""
+    the whole batch's shape, so greedy tokens and a seeded sample's stream are TransformerLens's own. Three costs
+    of that loop are dropped: rows that have ended leave the batch (their cache rows with them) once they are a
+    quarter of it, instead of being run on to the longest row's end; each step embeds the new token only, not the
+    whole sequence again; and the key-value cache is allocated once, in the layout the attention reads
+    (:class:`_HeadMajorEntry`), instead of being concatenated and copied every step. A forward hook therefore sees
+    the batch shrink as rows end."""
     device = batch.device
     tokenizer = model.tokenizer
     side = tokenizer.padding_side

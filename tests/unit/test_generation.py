@@ -95,3 +95,23 @@ def test_the_loop_gives_transformer_lens_tokens_on_an_organism(temperature):
     for padding in ("none", "left"):
         ours_against_transformer_lens(model, prompts, 48, temperature, padding, seed=4)
 
+
+
+def test_the_preallocated_cache_entry_reads_and_writes_like_transformer_lens_own():
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    from workbench.generation import _HeadMajorEntry
+
+    torch.manual_seed(0)
+    first, second = torch.randn(3, 5, 2, 4), torch.randn(3, 1, 2, 4)
+    ours = _HeadMajorEntry(torch.empty(3, 0, 2, 4), 8)
+    theirs = TransformerLensKeyValueCacheEntry(torch.empty(3, 0, 2, 4), torch.empty(3, 0, 2, 4))
+    for k in (first, second):
+        got, want = ours.append(k, 2 * k), theirs.append(k, 2 * k)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+    ours.frozen = theirs.frozen = True  # frozen: the new keys are returned with the old ones, not stored
+    got, want = ours.append(first, first), theirs.append(first, first)
+    assert all(torch.equal(g, w) for g, w in zip(got, want)) and ours.past_keys.shape[1] == 6
+    ours.keep(torch.tensor([2, 0]))
+    assert torch.equal(ours.past_keys, theirs.past_keys[[2, 0]])
+    assert torch.equal(ours.past_values, theirs.past_values[[2, 0]])
