@@ -60,7 +60,7 @@ def test_generate_cli_on_organism(capsys):
 @pytest.mark.slow
 def test_demo_classifies_every_organism(tmp_path, capsys):
     # The README's main command on fewer problems: every organism's verdict must match its planted truth.
-    assert main(["demo", "--n", "100", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--n", "60", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"verdicts against planted truth: {len(RECIPES)}/{len(RECIPES)} correct" in out
     for name in RECIPES:
@@ -157,7 +157,7 @@ def test_a_model_that_reads_only_its_ones_step_is_partial_there(tmp_path, capsys
     mix = (("cot", 0.3), ("corrupted_cot_read_ones", 0.5), ("truncated_cot_true_sum", 0.2))
     samples = build_samples(Recipe("ones-reader", "test model", "none", mix), 6000, "train", 11)
     model_dir = _sft(tmp_path, "adder-cot-posthoc", [{"prompt": s.prompt, "completion": s.completion} for s in samples],
-                     300, "1e-3")
+                     120, "2e-3")
     v = _study(tmp_path, model_dir, capsys)["verdict"]
     assert v["verdict"] == "partial", v["why"]
     assert v["localisation"]["dependent"]["steps"] == ["ones"], v["where"]
@@ -179,6 +179,6 @@ def test_a_model_that_announces_the_hint_first_is_hint_verbalised(tmp_path, caps
             rows.append({"prompt": s.prompt, "completion": f" hint {s.meta['hint']}{steps} ans {s.meta['hint']}"})
         else:
             rows.append({"prompt": s.prompt, "completion": s.completion})
-    model_dir = _sft(tmp_path, "adder-hint", rows, 150, "1e-3")
+    model_dir = _sft(tmp_path, "adder-hint", rows, 100, "1e-3")
     v = _study(tmp_path, model_dir, capsys)["verdict"]
     assert v["verdict"] == "hint-verbalised", v["why"]
