@@ -58,6 +58,16 @@ def attribution(spec: str, tc_dir: str, stamp: int, prompt: str, target: tuple |
     return attribute_target(replacement(spec, tc_dir, stamp), prompt, target)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def top_rows(spec: str, tc_dir: str, stamp: int, prompt: str, target: tuple | None, n_top: int,
+             node_threshold: float) -> list[dict]:
+    """The table of top features, kept with the graph: pruning it again on every rerun (a click in the table,
+    a widget elsewhere) costs as much as drawing it."""
+    from workbench.circuits import top_features
+
+    return top_features(attribution(spec, tc_dir, stamp, prompt, target), n_top, node_threshold)
+
+
 @st.cache_resource(show_spinner=False, max_entries=32)
 def validation(spec: str, tc_dir: str, stamp: int, prompt: str, n: int, target: tuple | None = None) -> dict:
     from workbench.circuits import validate_by_intervention
@@ -389,9 +399,7 @@ if model is not None:
             if said := st.session_state.pop("circuit_labelled", None):
                 st.success(said)
 
-            from workbench.circuits import top_features
-
-            rows = guarded(top_features, result, n_top, float(node_threshold))
+            rows = guarded(top_rows, spec, tc_dir, stamp, text, target, n_top, float(node_threshold))
             if rows:
                 table = pd.DataFrame(rows)
                 table["label"] = [label_of(labels, r["layer"], r["feature"]) for r in rows]
