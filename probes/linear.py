@@ -147,14 +147,47 @@ def fit_logistic_many(
     return fits
 
 
-def _ridge_solve(z: Tensor, train: Tensor, targets: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-    """Weights ``[site, d, k]`` and intercepts ``[k]`` of ridge regressions of ``targets`` ``[n, k]`` on ``z``."""
+@dataclass(frozen=True)
+class RidgeDesign:
+    """What every ridge solve on the same activations and training split shares: the standardisation, the
+    standardised activations and the Cholesky factor of each site's Gram matrix. A sweep computes it once for
+    its regression and classification targets alike."""
+
+    mean: Float[Tensor, "site d_model"]
+    std: Float[Tensor, "site d_model"]
+    z: Float[Tensor, "site n d_model"]
+    zt: Float[Tensor, "site n_train d_model"]
+    """The training rows of ``z``, in float64."""
+    chol: Float[Tensor, "site d_model d_model"]
+    """Lower Cholesky factor of ``zt^T zt + alpha I`` (float64)."""
+    train: Int[Tensor, " n_train"]
+    alpha: float
+
+
+def ridge_design(x: Float[Tensor, "site n d_model"], train: Int[Tensor, " n_train"], alpha: float = 1.0) -> RidgeDesign:
+    if alpha <= 0:
+        raise WorkbenchError(f"the ridge penalty must be > 0, got {alpha}")
+    x = x.float()
+    mean, std = _standardise(x, train)
+    z = (x - mean[:, None]) / std[:, None]
     zt = z[:, train].double()
-    yt = targets[train].double()
+    gram = torch.bmm(zt.transpose(1, 2), zt)
+    gram.diagonal(dim1=1, dim2=2).add_(alpha)
+    return RidgeDesign(mean, std, z, zt, torch.linalg.cholesky(gram), train, alpha)
+
+
+def _ridge_solve(design: RidgeDesign, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Weights ``[site, d, k]`` and intercepts ``[k]`` of ridge regressions of ``targets`` ``[n, k]`` on the
+    design's standardised activations (the Gram matrix is symmetric positive definite: a Cholesky solve)."""
+    yt = targets[design.train].double()
     y_mean = yt.mean(0)
-    gram = torch.bmm(zt.transpose(1, 2), zt) + alpha * torch.eye(z.shape[2], dtype=torch.float64)
-    rhs = einops.einsum(zt, yt - y_mean, "site n d, n k -> site d k")
-    return torch.linalg.solve(gram, rhs).float(), y_mean.float()
+    rhs = torch.matmul(design.zt.transpose(1, 2), yt - y_mean)  # [site, d, k]
+    return torch.cholesky_solve(rhs, design.chol).float(), y_mean.float()
+
+
+def _check_design(design: RidgeDesign, x: Tensor, train: Tensor, alpha: float) -> None:
+    if design.z.shape != x.shape or not torch.equal(design.train, train) or design.alpha != alpha:
+        raise WorkbenchError("the ridge design was computed for other activations, split or penalty")
 
 
 def fit_ridge_classifiers(
@@ -164,25 +197,37 @@ def fit_ridge_classifiers(
     train: Int[Tensor, " n_train"],
     test: Int[Tensor, " n_test"],
     alpha: float = 1.0,
+    design: RidgeDesign | None = None,
 ) -> list[ProbeFit]:
     """Ridge classifiers for several label sets on the same activations, one per label set and site, from one
-    Gram matrix per site (all one-hot targets are solved together)."""
+    Gram matrix per site (all one-hot targets are solved together; ``design`` shares it with other solves)."""
     ys = [torch.as_tensor(y, dtype=torch.long) for y in ys]
     _check_labels(ys, n_classes)
-    x = x.float()
-    mean, std = _standardise(x, train)
-    z = (x - mean[:, None]) / std[:, None]
+    if design is None:
+        design = ridge_design(x, train, alpha)
+    _check_design(design, x, train, alpha)
     onehot = torch.cat([F.one_hot(y, c).float() for y, c in zip(ys, n_classes)], 1)  # [n, sum classes]
-    w, intercept = _ridge_solve(z, train, onehot, alpha)
-    scores = torch.bmm(z, w) + intercept
-    fits, start = [], 0
-    for y, c in zip(ys, n_classes):
-        sl = slice(start, start + c)
-        correct = (scores[..., sl].argmax(-1) == y).float()  # [site, n]
-        fits.append(ProbeFit(w[..., sl].contiguous(), intercept[sl].expand(x.shape[0], -1).contiguous(), mean, std,
-                             correct[:, train].mean(1), correct[:, test].mean(1)))
-        start += c
-    return fits
+    w, intercept = _ridge_solve(design, onehot)
+    n_site, n = design.z.shape[:2]
+    bounds = np.cumsum([0, *n_classes])
+    correct = torch.empty(len(ys), n_site, n)
+    # Scores a few sites at a time: all of them at once is [site, n, sum classes], a gigabyte on a big sweep.
+    step = max(1, (1 << 24) // max(1, n * int(bounds[-1])))
+    runs = []  # consecutive label sets with one class count: one arg max for all of them
+    for k, c in enumerate(n_classes):
+        if runs and runs[-1][2] == c:
+            runs[-1][1] = k + 1
+        else:
+            runs.append([k, k + 1, c])
+    labels = torch.stack(ys)  # [set, n]
+    for s in range(0, n_site, step):
+        scores = torch.baddbmm(intercept, design.z[s : s + step], w[s : s + step])
+        for a, b, c in runs:
+            pred = scores[..., bounds[a] : bounds[b]].unflatten(-1, (b - a, c)).argmax(-1)  # [site, n, sets]
+            correct[a:b, s : s + step] = (pred.permute(2, 0, 1) == labels[a:b, None]).float()
+    return [ProbeFit(w[..., bounds[k] : bounds[k + 1]].contiguous(),
+                     intercept[bounds[k] : bounds[k + 1]].expand(n_site, -1).contiguous(), design.mean, design.std,
+                     correct[k][:, train].mean(1), correct[k][:, test].mean(1)) for k in range(len(ys))]
 
 
 def fit_ridge(
@@ -191,14 +236,15 @@ def fit_ridge(
     train: Int[Tensor, " n_train"],
     test: Int[Tensor, " n_test"],
     alpha: float = 1.0,
+    design: RidgeDesign | None = None,
 ) -> Float[Tensor, "target site"]:
     """Held-out R^2 of a ridge regression probe per target and site (standardised features)."""
-    x = x.float()
-    mean, std = _standardise(x, train)
-    z = (x - mean[:, None]) / std[:, None]
+    if design is None:
+        design = ridge_design(x, train, alpha)
+    _check_design(design, x, train, alpha)
     y = torch.stack([torch.as_tensor(t, dtype=torch.float64) for t in ys], 1)  # [n, target]
-    w, intercept = _ridge_solve(z, train, y, alpha)
-    pred = (torch.bmm(z[:, test], w) + intercept).double()  # [site, n_test, target]
+    w, intercept = _ridge_solve(design, y)
+    pred = (torch.bmm(design.z[:, test], w) + intercept).double()  # [site, n_test, target]
     resid = ((pred - y[test]) ** 2).sum(1)
     total = ((y[test] - y[test].mean(0)) ** 2).sum(0).clamp_min(1e-12)
     return (1 - resid / total).T.float()

@@ -16,7 +16,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from probes.linear import ProbeConfig, ProbeFit, fit_ridge, fit_ridge_classifiers, majority_accuracy, split
+from probes.linear import (ProbeConfig, ProbeFit, fit_ridge, fit_ridge_classifiers, majority_accuracy, ridge_design,
+                           split)
 from probes.variables import Variable, control_labels, task_variables
 from workbench.caching import cache_activations
 from workbench.errors import WorkbenchError
@@ -91,15 +92,16 @@ def sweep_variables(
     x = stack.acts[:, :, pos].permute(0, 2, 1, 3).reshape(n_layer * len(pos), n, d)  # sites = layer x pos
     train, test = split(n, cfg.test_fraction, cfg.seed)
     scores: dict[str, tuple[Tensor, Tensor, float, str]] = {}
+    design = ridge_design(x, train, cfg.ridge)  # one standardisation and Gram matrix per site for every target
     reg = [(v, c) for v, c in zip(variables, controls) if not v.n_classes]
     if reg:
-        r2 = fit_ridge(x, [v.labels for v, _ in reg] + [c for _, c in reg], train, test, cfg.ridge)
+        r2 = fit_ridge(x, [v.labels for v, _ in reg] + [c for _, c in reg], train, test, cfg.ridge, design)
         for k, (var, _) in enumerate(reg):
             scores[var.name] = (r2[k], r2[k + len(reg)], 0.0, "r2")
     cls = [(v, c) for v, c in zip(variables, controls) if v.n_classes]
     if cls:  # every class variable and its control from one Gram matrix per site
         fits = fit_ridge_classifiers(x, [v.labels for v, _ in cls] + [c for _, c in cls],
-                                     [v.n_classes for v, _ in cls] * 2, train, test, cfg.ridge)
+                                     [v.n_classes for v, _ in cls] * 2, train, test, cfg.ridge, design)
         for k, (var, _) in enumerate(cls):
             scores[var.name] = (fits[k].test_accuracy, fits[k + len(cls)].test_accuracy,
                                 majority_accuracy(var.labels, train, test), "accuracy")
