@@ -165,6 +165,8 @@ class RidgeDesign:
 
 
 def ridge_design(x: Float[Tensor, "site n d_model"], train: Int[Tensor, " n_train"], alpha: float = 1.0) -> RidgeDesign:
+    """The shared part of ridge solves on ``x`` with these training rows and penalty (> 0: it also keeps a
+    constant feature, standardised to 0, from making the Gram matrix singular)."""
     if alpha <= 0:
         raise WorkbenchError(f"the ridge penalty must be > 0, got {alpha}")
     x = x.float()
@@ -210,7 +212,7 @@ def fit_ridge_classifiers(
     w, intercept = _ridge_solve(design, onehot)
     n_site, n = design.z.shape[:2]
     bounds = np.cumsum([0, *n_classes])
-    correct = torch.empty(len(ys), n_site, n)
+    train_acc, test_acc = torch.empty(len(ys), n_site), torch.empty(len(ys), n_site)
     # Scores a few sites at a time: all of them at once is [site, n, sum classes], a gigabyte on a big sweep.
     step = max(1, (1 << 24) // max(1, n * int(bounds[-1])))
     runs = []  # consecutive label sets with one class count: one arg max for all of them
@@ -224,10 +226,12 @@ def fit_ridge_classifiers(
         scores = torch.baddbmm(intercept, design.z[s : s + step], w[s : s + step])
         for a, b, c in runs:
             pred = scores[..., bounds[a] : bounds[b]].unflatten(-1, (b - a, c)).argmax(-1)  # [site, n, sets]
-            correct[a:b, s : s + step] = (pred.permute(2, 0, 1) == labels[a:b, None]).float()
+            correct = (pred.permute(2, 0, 1) == labels[a:b, None]).float()  # [sets, site, n]
+            train_acc[a:b, s : s + step] = correct[..., train].mean(-1)
+            test_acc[a:b, s : s + step] = correct[..., test].mean(-1)
     return [ProbeFit(w[..., bounds[k] : bounds[k + 1]].contiguous(),
                      intercept[bounds[k] : bounds[k + 1]].expand(n_site, -1).contiguous(), design.mean, design.std,
-                     correct[k][:, train].mean(1), correct[k][:, test].mean(1)) for k in range(len(ys))]
+                     train_acc[k], test_acc[k]) for k in range(len(ys))]
 
 
 def fit_ridge(
