@@ -30,7 +30,7 @@ import einops
 import torch
 import torch.nn.functional as F
 
-from probes.linear import ProbeConfig, split
+from probes.linear import ProbeConfig, _standardise, split
 from probes.study import probe_texts
 from probes.sweep import collect_resid, probe_sweep, select_variables
 from probes.variables import control_labels
@@ -41,7 +41,7 @@ BASELINE = "per-kind ridge solves (own standardisation and Gram matrix each, lin
 
 
 def _standardised(x, train):
-    mean, std = x[:, train].mean(1), x[:, train].std(1).clamp_min(1e-6)
+    mean, std = _standardise(x, train)
     return (x - mean[:, None]) / std[:, None]
 
 
@@ -111,16 +111,13 @@ def main() -> int:
     problems, texts = probe_texts(3, n, "cot")
     stack = collect_resid(model, texts)
     ours_scores(stack, problems), baseline_scores(stack, problems)  # warm-up
-    times = {"ours": [], "baseline": []}
+    times, got = {"ours": [], "baseline": []}, {}
     for _ in range(args.repeats):
         for arm, fn in (("baseline", baseline_scores), ("ours", ours_scores)):
             t0 = time.perf_counter()
-            got = fn(stack, problems)
+            got[arm] = fn(stack, problems)
             times[arm].append(time.perf_counter() - t0)
-            if arm == "baseline":
-                base = got
-            else:
-                mine = got
+    base, mine = got["baseline"], got["ours"]
     diff = max(float((mine[k][i] - base[k][i]).abs().max()) for k in base for i in (0, 1))
     med = {k: statistics.median(v) for k, v in times.items()}
     per_round = [b / o for b, o in zip(times["baseline"], times["ours"])]
