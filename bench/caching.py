@@ -27,7 +27,8 @@ is reported, with its resident size before the work starts (interpreter, torch a
     python bench/caching.py --quick    # 300 prompts (naive loop: 100), memory at 300 and 3000 (about a minute)
 
 Every arm runs once on a few prompts first (warm-up), then all arms are timed ``--repeats`` rounds, interleaved
-(plain, plain with token ids, ours, naive in each round), and each arm's median over the rounds is reported, with
+(plain, plain with token ids, ours, naive in each round, each after an untimed ``os.sync`` so that no arm is timed
+while the kernel writes back the files of the arm before it), and each arm's median over the rounds is reported, with
 every run's seconds. The ratio ours/plain is the plain arm's median time over ours; "spread" is the range of the
 same ratio within each round (the two arms ran back to back), which is what load from other processes on a shared
 machine moves. All arms, subprocesses included, use ``--threads`` torch threads. Prints one JSON object on
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -151,9 +153,15 @@ def throughput(model: HookedTransformer, names: list[str], n: int, same_length: 
         naive_n = min(n, args.naive_n)
         times = defaultdict(list)
         for _ in range(args.repeats):
+            # Each arm starts with no dirty pages left by the one before: the kernel writes those back in the
+            # background, on the cores the next arm is timed on (os.sync, untimed, waits for it).
+            os.sync()
             times["plain"].append(plain_forward(model, texts, args.batch_size))
+            os.sync()
             times["plain_ids"].append(forward_only(model, batches))
+            os.sync()
             times["ours"].append(run_ours(texts))
+            os.sync()
             times["naive"].append(naive_per_prompt(model, texts[:naive_n], names, positions, root / "naive"))
         plain, plain_ids, new, ref = (statistics.median(times[k]) for k in ("plain", "plain_ids", "ours", "naive"))
         per_round = [p / o for p, o in zip(times["plain"], times["ours"])]

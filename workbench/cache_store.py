@@ -5,7 +5,9 @@ file and renamed into place, and the manifest (rewritten atomically after every 
 shards. A killed run resumes at the first missing shard; any number of readers can open the directory. A shard's
 file is written a batch at a time (the bytes are those ``safetensors.torch.save_file`` writes for the whole shard):
 by a writer thread while the model runs the next batch where torch's threads leave a core free, otherwise between
-forward passes, which is faster where the forward uses every core.
+forward passes, which is faster where the forward uses every core. The writes, and the read-back of each shard for
+its digest, go around the page cache where the filesystem allows it (:mod:`workbench.direct_io`): filling new
+page-cache pages, not the model, was what an all-position cache's time went to.
 
 Layout::
 
@@ -47,6 +49,7 @@ from transformer_lens import HookedTransformer
 
 from workbench.caching import cached_batches, cached_row_shape, resolve_hooks
 from workbench.errors import WorkbenchError
+from workbench.direct_io import BlockWriter, read_digest
 from workbench.interventions import Positions
 from workbench.io import PendingFile, file_digest, write_json
 from workbench.models.checkpoint import weights_sha256
@@ -84,6 +87,7 @@ def write_cache(
     batch_size: int = 256,
     progress: bool = True,
     overlap: bool | None = None,
+    direct_io: bool = True,
 ) -> Path:
     """Cache ``hooks`` at ``positions`` for every prompt into ``out_dir``, resuming a partial cache.
 
@@ -94,6 +98,9 @@ def write_cache(
 
     ``overlap``: write each batch from a thread while the model runs the next one (True), or between forward
     passes (False). By default a thread is used only when torch's threads leave a core free for it.
+
+    ``direct_io``: write the shards around the page cache where the filesystem allows it
+    (:mod:`workbench.direct_io` says why); False writes through it. The bytes are the same.
     """
     out_dir = Path(out_dir)
     if isinstance(positions, slice):
@@ -150,7 +157,7 @@ def write_cache(
     # No shard is assembled in memory: each batch is written as it comes, from a writer thread while the model
     # runs the next batch (its writes release the GIL) when a core is free for it, otherwise in line.
     free = free_core_for_writer(model.cfg.device or "cpu") if overlap is None else overlap
-    writer = (_ShardWriter if free else _InlineWriter)(listed)
+    writer = (_ShardWriter if free else _InlineWriter)(listed, direct_io)
     try:
         for start in starts:
             if start in done:
@@ -215,12 +222,6 @@ def _bytes(t: Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
-def _pwrite(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
-
-
 class _Aborted(Exception):
     pass
 
@@ -231,13 +232,13 @@ class _Shard:
     ``save_file`` writes for the same tensors."""
 
     def __init__(self, path: Path, start: int, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
-                 extra: dict[str, Tensor]):
-        self.path, self.start, self.specs, self.extra = path, start, specs, extra
+                 extra: dict[str, Tensor], direct_io: bool = True):
+        self.path, self.start, self.specs, self.extra, self.direct_io = path, start, specs, extra, direct_io
         self.hooks = list(specs)
         self.count = len(extra["lengths"])
         self.pending: queue.Queue = queue.Queue(maxsize=4)  # (rows, acts) per batch; then None, or _Aborted
         self.file: PendingFile | None = None
-        self.fd: int | None = None
+        self.out: BlockWriter | None = None
 
     def begin(self) -> None:
         """Create the temporary file: its header and the ``extra`` tensors, the rest left for the batches."""
@@ -248,15 +249,16 @@ class _Shard:
             return
         head, self.at, size = layout
         self.row_bytes = {name: math.prod(shape[1:]) * dtype.itemsize for name, (dtype, shape) in self.specs.items()}
-        self.fd = os.open(self.file.tmp, os.O_WRONLY)
-        os.ftruncate(self.fd, size)  # the whole file at once; what no batch writes (padding) reads as zeros
-        _pwrite(self.fd, memoryview(head), 0)
+        # The whole file at once (what no batch writes, the padding, reads as zeros), written around the page
+        # cache where the filesystem allows it (workbench.direct_io says why).
+        self.out = BlockWriter(self.file.tmp, size, direct=self.direct_io)
+        self.out.write(head, 0)
         for name, t in self.extra.items():
-            _pwrite(self.fd, _bytes(t.contiguous()), self.at[name])
+            self.out.write(_bytes(t.contiguous()), self.at[name])
 
     def add(self, rows: list[int], acts: dict[str, Tensor]) -> None:
         """Write rows ``rows`` (ascending) of every hook."""
-        if self.fd is None:
+        if self.out is None:
             for name, act in acts.items():
                 self.full[name][rows, : act.shape[1]] = act
             return
@@ -266,30 +268,32 @@ class _Shard:
                 first = 0
                 for i in range(1, len(rows) + 1):
                     if i == len(rows) or rows[i] != rows[i - 1] + 1:
-                        _pwrite(self.fd, data[first * n : i * n], self.at[name] + rows[first] * n)
+                        self.out.write(data[first * n : i * n], self.at[name] + rows[first] * n)
                         first = i
             else:  # shorter prompts than the shard's longest: each row's positions, then padding
                 m = len(data) // len(rows)
                 for i, row in enumerate(rows):
-                    _pwrite(self.fd, data[i * m : (i + 1) * m], self.at[name] + row * n)
+                    self.out.write(data[i * m : (i + 1) * m], self.at[name] + row * n)
             del data
 
     def commit(self) -> dict:
         """Complete the file and rename it into place; its size and SHA-256 (read back, as :func:`file_digest`
         does)."""
-        if self.fd is None:
+        if self.out is None:
             save_file(self.full | self.extra, str(self.file.tmp))
+            written = file_digest(self.file.tmp)
         else:
-            os.close(self.fd)
-            self.fd = None
-        written = file_digest(self.file.tmp)
+            direct = self.out.direct
+            self.out.close()
+            self.out = None
+            written = read_digest(self.file.tmp, direct=direct)
         self.file.commit()
         return written
 
     def discard(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.out is not None:
+            self.out.abandon()
+            self.out = None
         if self.file is not None:
             self.file.discard()
 
@@ -299,14 +303,14 @@ class _InlineWriter:
     a writer thread would then take a core from one of the model's threads, and every operation waits for the
     slowest thread (``bench/cache_writer.py`` measures the two). :class:`_ShardWriter` has the same methods."""
 
-    def __init__(self, listed: Callable[[_Shard, dict], None]):
-        self.listed = listed
+    def __init__(self, listed: Callable[[_Shard, dict], None], direct_io: bool = True):
+        self.listed, self.direct_io = listed, direct_io
         self.current: _Shard | None = None
 
     def open(self, path: Path, start: int, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
              extra: dict[str, Tensor]) -> _Shard:
         """Start a shard of hooks of these dtypes and shapes (``[count, ...]``), plus the ``extra`` tensors."""
-        shard = _Shard(path, start, specs, extra)
+        shard = _Shard(path, start, specs, extra, self.direct_io)
         self.current = shard
         shard.begin()
         return shard
@@ -340,8 +344,8 @@ class _ShardWriter:
     writer is raised by the caller's next call; the queues are bounded, so the caller runs at most a few batches
     ahead of the disk."""
 
-    def __init__(self, listed: Callable[[_Shard, dict], None]):
-        self.listed = listed
+    def __init__(self, listed: Callable[[_Shard, dict], None], direct_io: bool = True):
+        self.listed, self.direct_io = listed, direct_io
         self.current: _Shard | None = None  # opened by the caller, not yet closed
         self.shards: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
@@ -404,7 +408,7 @@ class _ShardWriter:
 
     def open(self, path: Path, start: int, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
              extra: dict[str, Tensor]) -> _Shard:
-        shard = _Shard(path, start, specs, extra)
+        shard = _Shard(path, start, specs, extra, self.direct_io)
         self._put(self.shards, shard)
         self.current = shard
         return shard

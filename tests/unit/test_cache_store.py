@@ -119,11 +119,12 @@ def _resaved(path) -> bytes:
 
 @pytest.mark.parametrize("positions, hooks", [(-1, HOOKS), (None, HOOKS), ([-1, -2], "blocks.0.hook_*")])
 @pytest.mark.parametrize("overlap", [True, False], ids=["writer-thread", "in-line"])
-def test_shards_are_the_bytes_safetensors_writes(model, tmp_path, overlap, positions, hooks):
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct-io", "page-cache"])
+def test_shards_are_the_bytes_safetensors_writes(model, tmp_path, overlap, direct_io, positions, hooks):
     # Shards are written a batch at a time (padding left as zeros the file reads back): the files must be the
     # ones save_file writes for the same tensors, and their manifest digests those of the files.
     write_cache(model, "tiny", PROMPTS, hooks, tmp_path, positions=positions, shard_size=3, batch_size=2,
-                progress=False, overlap=overlap)
+                progress=False, overlap=overlap, direct_io=direct_io)
     reader = CacheReader(tmp_path)  # checks every shard's size and SHA-256
     for shard in reader.shards:
         path = tmp_path / shard["file"]
@@ -151,17 +152,17 @@ def test_attention_patterns_keep_their_head_axis_at_all_positions(model, tmp_pat
 
 def _fail_writes(monkeypatch, fails):
     """Make the cache's writes raise ENOSPC once ``fails(offsets written so far)`` is true; the real write back."""
-    import workbench.cache_store as store
+    from workbench.direct_io import BlockWriter
 
-    real, calls = store._pwrite, []
+    real, calls = BlockWriter.write, []
 
-    def failing(fd, data, offset):
+    def failing(self, data, offset):
         calls.append(offset)
         if fails(calls):
             raise OSError(28, "No space left on device")
-        real(fd, data, offset)
+        real(self, data, offset)
 
-    monkeypatch.setattr(store, "_pwrite", failing)
+    monkeypatch.setattr(BlockWriter, "write", failing)
     return real
 
 
@@ -176,7 +177,7 @@ def test_a_failed_write_keeps_the_complete_shards_and_resumes(model, tmp_path, o
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     partial = CacheReader(tmp_path)
     assert not partial.complete and 0 < len(partial) < len(PROMPTS)
-    monkeypatch.setattr(store, "_pwrite", real)
+    monkeypatch.setattr(store.BlockWriter, "write", real)
     write_cache(model, "tiny", PROMPTS, HOOKS, tmp_path, shard_size=3, batch_size=2, progress=False,
                     overlap=overlap)
     assert CacheReader(tmp_path).complete
