@@ -381,13 +381,14 @@ RECIPES.update({
             "two problems moves the answer as the carry algorithm says.",
             _DIRECT_MIX,
             arch=ArchConfig(n_layers=3),
-            train=TrainConfig(steps=3500, batch_tokens=4096, seed=21, bf16_autocast=True),
+            train=TrainConfig(steps=2100, batch_tokens=2048, lr=2e-3, seed=21),
             planted_mechanism="carry0 (carry out of the ones column) at blocks.1.hook_resid_post[=, 0:16], carry1 "
                               "(carry out of the tens column) at [=, 16:32], planted by strict interchange-"
                               "intervention training against the carry algorithm; the rest of that residual at '=' "
                               "trained not to move the answer",
             iit=IITConfig("carry", (Alignment("carry0", MECHANISM_SITE, (0, 16)),
-                                    Alignment("carry1", MECHANISM_SITE, (16, 32))), pairs_per_step=128),
+                                    Alignment("carry1", MECHANISM_SITE, (16, 32))), weight=2.0,
+                            pairs_per_step=128),
         ),
         Recipe(
             "adder-direct-parallel",
