@@ -20,6 +20,23 @@ from workbench.interventions import PATTERN_HOOKS, Positions
 from workbench.models.tokenizer import tokenize_prompts
 
 
+_EMBEDDING_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
+
+
+def blocks_needed(names: Sequence[str]) -> int | None:
+    """How many blocks a forward pass must run for every hook in ``names`` to fire: one past the last block
+    named, 0 for embedding hooks only, None where a hook after the blocks (``ln_final``, ``unembed``) is wanted.
+    Passed as ``stop_at_layer``, the forward skips the rest (the unembedding of a large vocabulary included),
+    as SAELens's activation store does."""
+    last = 0
+    for name in names:
+        if name.startswith("blocks.") and name.split(".")[1].isdigit():
+            last = max(last, int(name.split(".")[1]) + 1)
+        elif name not in _EMBEDDING_HOOKS:
+            return None
+    return last
+
+
 def resolve_hooks(model: HookedTransformer, patterns: str | Sequence[str]) -> list[str]:
     """Hook names matching glob ``patterns`` (``blocks.*.hook_resid_post``), in the model's order."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
@@ -116,11 +133,12 @@ def cached_batches(
     by_len: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(toks):
         by_len[len(t)].append(i)
-    first = True
+    first, stop = True, blocks_needed(names)
     for _, idx in sorted(by_len.items()):
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
-            logits, cache = model.run_with_cache(torch.stack([toks[i] for i in chunk]), names_filter=names)
+            logits, cache = model.run_with_cache(torch.stack([toks[i] for i in chunk]), names_filter=names,
+                                                 stop_at_layer=stop)
             if first:
                 names = _fired(names, cache.cache_dict, hooks)
                 first = False

@@ -66,3 +66,26 @@ def test_attention_patterns_are_not_padded_on_their_head_axis(model):
     out = cache_tokens(model, toks, ["blocks.0.attn.hook_pattern", "blocks.0.hook_resid_post"], None, pad_to=7)
     assert out["blocks.0.attn.hook_pattern"].shape == (2, model.cfg.n_heads, 7, 7)
     assert out["blocks.0.hook_resid_post"].shape == (2, 7, model.cfg.d_model)
+
+
+def test_the_forward_stops_after_the_last_block_a_hook_needs(monkeypatch):
+    from dataclasses import replace
+
+    from tests.helpers import TINY_ARCH
+    from workbench.caching import blocks_needed
+
+    assert blocks_needed(["blocks.0.hook_resid_post", "blocks.2.attn.hook_pattern"]) == 3
+    assert blocks_needed(["hook_embed", "hook_pos_embed"]) == 0
+    assert blocks_needed(["blocks.1.hook_resid_post", "ln_final.hook_normalized"]) is None
+    model = tiny_model(seed=2, arch=replace(TINY_ARCH, n_layers=2))
+    stops = []
+    real = model.run_with_cache
+    monkeypatch.setattr(model, "run_with_cache", lambda *a, **k: stops.append(k.get("stop_at_layer")) or real(*a, **k))
+    prompts = ["36+59=", "47+28="]
+    for hooks, stop in [("blocks.0.hook_resid_post", 1), ("blocks.*.hook_resid_post", 2), ("hook_embed", 0),
+                        (["blocks.0.hook_resid_post", "ln_final.hook_normalized"], None)]:
+        ours = cache_activations(model, prompts, hooks)
+        assert stops[-1] == stop
+        _, cache = real(model.to_tokens(prompts))
+        for name, act in ours.items():  # bit for bit: the blocks that run are the full forward's
+            assert torch.equal(act, cache[name]), name
