@@ -27,8 +27,8 @@ is reported, with its resident size before the work starts (interpreter, torch a
     python bench/caching.py --quick    # 300 prompts (naive loop: 100), memory at 300 and 3000 (about a minute)
 
 Every arm runs once on a few prompts first (warm-up), then all arms are timed ``--repeats`` rounds, interleaved
-(plain, plain with token ids, ours, naive in each round, each after an untimed ``os.sync`` so that no arm is timed
-while the kernel writes back the files of the arm before it), and each arm's median over the rounds is reported, with
+(plain, plain with token ids, ours, naive in each round, each after an untimed ``os.sync`` and ``--settle`` seconds'
+pause, so that no arm is timed while the files of the arm before it are written back), and each arm's median over the rounds is reported, with
 every run's seconds. The ratio ours/plain is the plain arm's median time over ours; "spread" is the range of the
 same ratio within each round (the two arms ran back to back), which is what load from other processes on a shared
 machine moves. All arms, subprocesses included, use ``--threads`` torch threads. Prints one JSON object on
@@ -126,6 +126,15 @@ def naive_per_prompt(model: HookedTransformer, texts: list[str], names: list[str
     return time.perf_counter() - t0
 
 
+def settle(seconds: float) -> None:
+    """Untimed, before each arm: write back the files of the arm before (os.sync), then wait ``seconds``. On a
+    virtual machine the host goes on writing them after the guest's sync returns, and on shared cores that slows
+    whichever arm comes next (measured here with os.sync alone: the plain forward, timed after the naive loop's
+    500 files, took a median 1.53 s, and the same passes with the tokens given, one arm later, 0.95 s)."""
+    os.sync()
+    time.sleep(seconds)
+
+
 def rate(seconds: float, n: int, runs: list[float] | None = None) -> dict:
     """``seconds`` (the median run) and prompts per second, with every run's seconds."""
     out = {"seconds": round(seconds, 3), "prompts_per_s": round(n / seconds, 1)}
@@ -153,15 +162,13 @@ def throughput(model: HookedTransformer, names: list[str], n: int, same_length: 
         naive_n = min(n, args.naive_n)
         times = defaultdict(list)
         for _ in range(args.repeats):
-            # Each arm starts with no dirty pages left by the one before: the kernel writes those back in the
-            # background, on the cores the next arm is timed on (os.sync, untimed, waits for it).
-            os.sync()
+            settle(args.settle)
             times["plain"].append(plain_forward(model, texts, args.batch_size))
-            os.sync()
+            settle(args.settle)
             times["plain_ids"].append(forward_only(model, batches))
-            os.sync()
+            settle(args.settle)
             times["ours"].append(run_ours(texts))
-            os.sync()
+            settle(args.settle)
             times["naive"].append(naive_per_prompt(model, texts[:naive_n], names, positions, root / "naive"))
         plain, plain_ids, new, ref = (statistics.median(times[k]) for k in ("plain", "plain_ids", "ours", "naive"))
         per_round = [p / o for p, o in zip(times["plain"], times["ours"])]
@@ -249,6 +256,8 @@ def main() -> int:
     ap.add_argument("--shard-size", type=int, default=None, help="prompts per shard (default 1000, quick 250)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved timed rounds (default 5, quick 3)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="seconds to wait (untimed, after os.sync) before each timed arm")
     ap.add_argument("--child", nargs=2, metavar=("ARM", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.shard_size = args.shard_size or (250 if args.quick else 1000)
@@ -275,7 +284,7 @@ def main() -> int:
         "threads": args.threads,
         "batch_size": args.batch_size,
         "shard_size": args.shard_size,
-        "repeats": args.repeats,
+        "repeats": args.repeats, "settle_s": args.settle,
         "throughput": {"last_token": last, "all_positions": every},
         "memory": {
             "n_prompts": [mem_n, 10 * mem_n],
