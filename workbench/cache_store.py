@@ -48,8 +48,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from workbench.caching import cached_batches, cached_row_shape, resolve_hooks
-from workbench.errors import WorkbenchError
 from workbench.direct_io import BlockWriter, read_digest
+from workbench.errors import WorkbenchError
 from workbench.interventions import Positions
 from workbench.io import PendingFile, file_digest, write_json
 from workbench.models.checkpoint import weights_sha256

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 
@@ -57,7 +58,7 @@ def test_a_filesystem_that_refuses_direct_writes_gets_buffered_ones(tmp_path, mo
     real, refused = direct_io.pwrite_all, []
 
     def refusing(fd, buf, offset):
-        if os.O_DIRECT & __import__("fcntl").fcntl(fd, __import__("fcntl").F_GETFL):
+        if os.O_DIRECT & fcntl.fcntl(fd, fcntl.F_GETFL):
             refused.append(offset)
             raise OSError(errno.EINVAL, "Invalid argument")
         real(fd, buf, offset)
